@@ -1,0 +1,1 @@
+"""Campaign budgets: spend rollups, statuses, pause/resume signals to ad servers."""

@@ -1,0 +1,149 @@
+"""The `eventplatform` command: one entry point for operators. Each group lives with its domain."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from eventplatform.kafka.broker import BrokerError, install_jars, local_broker
+from eventplatform.kafka.clients import make_admin
+from eventplatform.kafka.topics import ensure_topics, platform_topics
+from eventplatform.settings import get_settings
+
+
+@click.group()
+def main() -> None:
+    """eventplatform: HTTP intake -> Kafka -> Parquet lake + ClickHouse, on Dagster."""
+
+
+@main.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (after environment overrides) as JSON."""
+    click.echo(json.dumps(get_settings().describe(), indent=2, default=str))
+
+
+@main.group()
+def kafka() -> None:
+    """The local Kafka broker (KRaft, from Maven Central's jars)."""
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@kafka.command("install")
+def kafka_install() -> None:
+    """Resolve the broker's jars from Maven Central into the cache (idempotent)."""
+    settings = get_settings()
+    if settings.kafka.kafka_home:
+        click.echo(f"using KAFKA_HOME={settings.kafka.kafka_home}; nothing to install")
+        return
+    try:
+        libs = install_jars(settings.kafka_libs_dir)
+    except BrokerError as exc:
+        _fail(str(exc))
+    click.echo(f"Kafka {settings.kafka.version} jars in {libs}")
+
+
+@kafka.command("start")
+def kafka_start() -> None:
+    """Start the local broker (no-op when KAFKA_BOOTSTRAP_SERVERS names another cluster)."""
+    settings = get_settings()
+    if settings.kafka.is_external:
+        click.echo(f"using external Kafka at {settings.kafka.bootstrap}; starting no broker")
+        return
+    try:
+        status = local_broker(settings).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+    click.echo(f"kafka: {status.detail}")
+
+
+@kafka.command("stop")
+def kafka_stop() -> None:
+    """Stop the local broker cleanly."""
+    settings = get_settings()
+    if settings.kafka.is_external:
+        click.echo(f"using external Kafka at {settings.kafka.bootstrap}; nothing to stop")
+        return
+    stopped = local_broker(settings).stop()
+    click.echo("kafka: stopped" if stopped else "kafka: was not running")
+
+
+@kafka.command("status")
+def kafka_status() -> None:
+    """Say whether the broker runs and answers. Exit 1 when it does not."""
+    settings = get_settings()
+    if settings.kafka.is_external:
+        from eventplatform.kafka.broker import broker_answers
+
+        answering = broker_answers(settings.kafka.bootstrap, timeout_s=5)
+        click.echo(
+            f"kafka: external {settings.kafka.bootstrap}, "
+            f"{'answering' if answering else 'NOT answering'}"
+        )
+        sys.exit(0 if answering else 1)
+    status = local_broker(settings).status()
+    click.echo(f"kafka: {status.detail}")
+    sys.exit(0 if status.answering else 1)
+
+
+@main.group()
+def topics() -> None:
+    """The platform's topics, as code."""
+
+
+@topics.command("ensure")
+@click.option("--alter", is_flag=True, help="Set drifted topic configuration back to spec.")
+def topics_ensure(alter: bool) -> None:
+    """Create missing topics, check existing ones; exit 1 when any differs from its spec."""
+    settings = get_settings()
+    reports = ensure_topics(
+        make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka), alter=alter
+    )
+    for report in reports:
+        click.echo(str(report))
+    if any(r.status == "differs" for r in reports):
+        _fail(
+            "some topics differ from their specification (see above); "
+            "`eventplatform topics ensure --alter` sets configuration back"
+        )
+
+
+@main.command("run")
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Demo customers, campaigns and simulated traffic.",
+)
+@click.option("--demo-rate", default=100.0, show_default=True, help="Simulated events/s.")
+def run(demo: bool, demo_rate: float) -> None:
+    """Start the platform (broker, topics, collector, Dagster, demo traffic) until Ctrl-C."""
+    from eventplatform.runner import run_platform
+
+    try:
+        code = run_platform(get_settings(), demo=demo, demo_rate=demo_rate)
+    except BrokerError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def _register_domain_commands() -> None:
+    """Each domain keeps its commands beside its code."""
+    from eventplatform.budgets.cli import campaigns
+    from eventplatform.collect.cli import collect, customers, ingest
+    from eventplatform.simulate.cli import demo_setup_command, simulate_command
+
+    for command in (campaigns, customers, collect, ingest, simulate_command, demo_setup_command):
+        main.add_command(command)
+
+
+_register_domain_commands()
+
+
+if __name__ == "__main__":
+    main()

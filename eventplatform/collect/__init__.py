@@ -1,0 +1,1 @@
+"""The collector: HTTP event intake into Kafka with per-customer keys and quotas."""

@@ -1,0 +1,153 @@
+"""`eventplatform customers ...`, `eventplatform collect`, `eventplatform ingest FILE`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from eventplatform.collect.customers import CustomerError, CustomerStore
+from eventplatform.settings import get_settings
+
+
+def _store() -> CustomerStore:
+    return CustomerStore(get_settings().customers_db)
+
+
+@click.group()
+def customers() -> None:
+    """Customers and their API keys."""
+
+
+@customers.command("add")
+@click.argument("customer_id")
+def customers_add(customer_id: str) -> None:
+    """Create a customer and print its API key (shown once: store it now)."""
+    try:
+        key = _store().add(customer_id)
+    except CustomerError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(key)
+
+
+@customers.command("new-key")
+@click.argument("customer_id")
+def customers_new_key(customer_id: str) -> None:
+    """Another key for a customer (to rotate: make a new one, then revoke the old)."""
+    try:
+        click.echo(_store().new_key(customer_id))
+    except CustomerError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+
+
+@customers.command("list")
+def customers_list() -> None:
+    """Customers and their keys (ids only; secrets are never stored)."""
+    store = _store()
+    keys = store.keys()
+    for customer in store.customers():
+        click.echo(customer)
+        for key in (k for k in keys if k.customer_id == customer):
+            made = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+            state = (
+                "active"
+                if key.active
+                else "revoked "
+                + datetime.fromtimestamp(key.revoked_at, UTC).strftime("%Y-%m-%d %H:%M")
+            )
+            click.echo(f"  key {key.key_id}  created {made}  {state}")
+
+
+@customers.command("revoke")
+@click.argument("key_id")
+def customers_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the 12 hex digits after ep_)."""
+    try:
+        _store().revoke(key_id)
+    except CustomerError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {key_id}")
+
+
+@click.command("collect")
+@click.option("--host", default=None, help="Default: EP_COLLECTOR_HOST.")
+@click.option("--port", type=int, default=None, help="Default: EP_COLLECTOR_PORT.")
+@click.option("--workers", type=int, default=None, help="Default: EP_COLLECTOR_WORKERS.")
+def collect(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP collector until SIGTERM/Ctrl-C (then it flushes every accepted event)."""
+    import uvicorn
+
+    c = get_settings().collector
+    uvicorn.run(
+        "eventplatform.collect.app:create_app",
+        factory=True,
+        host=host or c.host,
+        port=port or c.port,
+        workers=workers or c.workers,
+        log_level="info",
+        access_log=c.access_log,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@click.command("ingest")
+@click.argument("ndjson_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--customer", required=True, help="The customer the events belong to.")
+@click.option("--batch", type=int, default=5000, show_default=True)
+def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
+    """Replay an NDJSON file through the same validation as HTTP; waits for delivery."""
+    from eventplatform.collect.intake import Intake, parse_body
+    from eventplatform.collect.metrics import Metrics
+    from eventplatform.collect.quotas import Quotas
+    from eventplatform.kafka.clients import make_producer
+
+    settings = get_settings()
+    k = settings.kafka
+    if customer not in _store().customers():
+        click.secho(
+            f"error: no customer {customer} (eventplatform customers add)", fg="red", err=True
+        )
+        sys.exit(1)
+    producer = make_producer(k.bootstrap)
+    infinite = float("inf")
+    intake = Intake(
+        producer,
+        k.raw_topic,
+        k.overflow_topic,
+        k.dlq_topic,
+        Quotas(infinite, infinite, infinite, infinite),
+        Metrics(),
+        1_000_000,
+        source="replay",
+    )
+    totals = {"accepted": 0, "rejected": 0}
+    started = time.monotonic()
+    with open(ndjson_file, "rb") as f:
+        lines: list[bytes] = []
+        for line in [*f, None]:
+            if line is not None and line.strip():
+                lines.append(line)
+            if lines and (line is None or len(lines) >= batch):
+                pairs = parse_body(b"\n".join(lines), "application/x-ndjson", len(lines))
+                result = intake.accept(customer, pairs, len(pairs))
+                totals["accepted"] += result.accepted
+                totals["rejected"] += len(result.rejected)
+                for r in result.rejected[:20]:
+                    click.echo(f"rejected: {'; '.join(r.errors)}", err=True)
+                lines = []
+    remaining = producer.flush(120)
+    if remaining or intake.delivery_failures:
+        click.secho(
+            f"error: {remaining} undelivered, {intake.delivery_failures} failed", fg="red", err=True
+        )
+        sys.exit(1)
+    click.echo(
+        f"ingested {ndjson_file}: {totals['accepted']} accepted, {totals['rejected']} "
+        f"rejected (in {k.dlq_topic}), {time.monotonic() - started:.1f}s"
+    )

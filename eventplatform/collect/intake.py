@@ -1,0 +1,214 @@
+"""Intake: a customer's batch of JSON events into Kafka, each event accounted for.
+
+Knows nothing of HTTP (the app and the NDJSON replay both use it). Every event ends in one
+of three places: events.raw (within quota), events.overflow (over quota), or events.dlq
+with the precise reason and its original bytes. The produce is asynchronous; delivery is
+reported by callbacks (counted, failures logged with the event ids), and a caller that asks
+can wait for its own events' delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from eventplatform.collect.metrics import Metrics
+from eventplatform.collect.quotas import Quotas
+from eventplatform.events import EventCodec, EventValidator
+from eventplatform.kafka.dlq import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+class BodyError(ValueError):
+    """The body as a whole is unusable (not JSON, too many events): a 4xx, nothing produced."""
+
+
+class BufferFull(RuntimeError):
+    """The producer's buffer cannot take this batch now: 503, nothing produced."""
+
+
+@dataclass
+class Rejected:
+    index: int
+    errors: list[str]
+
+
+@dataclass
+class IntakeResult:
+    accepted: int = 0
+    overflowed: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    delivery: DeliveryWaiter | None = None
+
+
+class DeliveryWaiter:
+    """Counts down a request's messages as the broker acknowledges them."""
+
+    def __init__(self, expected: int) -> None:
+        self.pending = expected
+        self.failed: list[str] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        if expected == 0:
+            self._done.set()
+
+    def delivered(self, error: str | None) -> None:
+        with self._lock:
+            if error:
+                self.failed.append(error)
+            self.pending -= 1
+            if self.pending <= 0:
+                self._done.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(timeout_s)
+
+
+def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes]]:
+    """(event, its bytes) pairs from a JSON array or NDJSON body.
+
+    A JSON array's elements are re-serialized for the dead-letter copy (same JSON, maybe not
+    the same whitespace); NDJSON lines are kept as sent. A line that is not JSON is an event
+    that fails, not a body that fails.
+    """
+    text = body.strip()
+    if not text:
+        raise BodyError("empty body: send a JSON array of events or NDJSON")
+    ndjson = "ndjson" in content_type or "x-ndjson" in content_type or not text.startswith(b"[")
+    if not ndjson:
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(items, list):
+            raise BodyError("body must be a JSON array of events (or NDJSON)")
+        pairs = [(item, orjson.dumps(item)) for item in items]
+    else:
+        pairs = []
+        for line in text.split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                pairs.append((orjson.loads(line), line))
+            except orjson.JSONDecodeError as exc:
+                pairs.append((_NotJson(str(exc)), line))
+    if len(pairs) > max_events:
+        raise BodyError(f"{len(pairs)} events in one request; the limit is {max_events}")
+    return pairs
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    error: str
+
+
+class Intake:
+    def __init__(
+        self,
+        producer: Producer,
+        raw_topic: str,
+        overflow_topic: str,
+        dlq_topic: str,
+        quotas: Quotas,
+        metrics: Metrics,
+        max_buffered: int,
+        source: str = "http",
+    ) -> None:
+        self.producer = producer
+        self.raw_topic, self.overflow_topic, self.dlq_topic = raw_topic, overflow_topic, dlq_topic
+        self.quotas, self.metrics = quotas, metrics
+        self.max_buffered = max_buffered
+        self.source = source
+        self.codec, self.validator = EventCodec(), EventValidator()
+        self.delivery_failures = 0
+
+    def _callback(
+        self, customer: str, event_id: str, started: float, waiter: DeliveryWaiter | None
+    ):
+        def on_delivery(err, msg) -> None:
+            if err is not None:
+                self.delivery_failures += 1
+                self.metrics.inc("collector_delivery_failures_total", customer=customer)
+                log.error("delivery failed for event %s of %s: %s", event_id, customer, err)
+            else:
+                self.metrics.observe_produce_latency(time.monotonic() - started)
+            if waiter is not None:
+                waiter.delivered(str(err) if err else None)
+
+        return on_delivery
+
+    def accept(
+        self, customer: str, pairs: list[tuple[Any, bytes]], quota_checked: int, wait: bool = False
+    ) -> IntakeResult:
+        """Validate and produce ``pairs``; the first ``quota_checked`` go to raw, others to
+        overflow. Raises BufferFull before producing anything when the buffer cannot take it."""
+        if len(self.producer) + len(pairs) > self.max_buffered:
+            raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
+        received_ms = int(time.time() * 1000)
+        result = IntakeResult()
+        messages: list[tuple[str, bytes, Any, str]] = []  # (topic, value, headers, event_id)
+        good_index = 0
+        for index, (event, raw_bytes) in enumerate(pairs):
+            if isinstance(event, _NotJson):
+                errors = [f"$: not valid JSON ({event.error})"]
+                datum = None
+            else:
+                datum, field_errors = self.validator.validate(
+                    event, customer, received_ms, self.source
+                )
+                errors = [str(e) for e in field_errors]
+            if datum is None:
+                result.rejected.append(Rejected(index, errors))
+                letter = DeadLetter(
+                    "validation",
+                    "; ".join(errors),
+                    "collect",
+                    raw_bytes,
+                    customer_id=customer,
+                    dead_ts=received_ms,
+                )
+                messages.append((self.dlq_topic, letter.value, letter.headers(), ""))
+                continue
+            topic = self.raw_topic if good_index < quota_checked else self.overflow_topic
+            good_index += 1
+            if topic == self.raw_topic:
+                result.accepted += 1
+            else:
+                result.overflowed += 1
+            result.event_ids.append(datum["event_id"])
+            messages.append((topic, self.codec.encode(datum), None, datum["event_id"]))
+
+        waiter = DeliveryWaiter(len(messages)) if wait else None
+        started = time.monotonic()
+        key = customer.encode()
+        for produced, (topic, value, headers, event_id) in enumerate(messages):
+            callback = self._callback(customer, event_id, started, waiter)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    self.producer.produce(
+                        topic, key=key, value=value, headers=headers, on_delivery=callback
+                    )
+                    break
+                except BufferError:  # the byte limit: wait for the broker, never drop
+                    if time.monotonic() > deadline:
+                        raise BufferFull(
+                            f"producer buffer full after {produced} of {len(messages)} "
+                            "messages of this request; retry the rest"
+                        ) from None
+                    self.producer.poll(0.05)
+        self.producer.poll(0)
+        self.metrics.inc("collector_events_accepted_total", result.accepted, customer=customer)
+        self.metrics.inc("collector_events_overflowed_total", result.overflowed, customer=customer)
+        self.metrics.inc("collector_events_rejected_total", len(result.rejected), customer=customer)
+        result.delivery = waiter
+        return result

@@ -1,0 +1,203 @@
+"""Quality group: asset checks over the landed events and the topics, and their alerts.
+
+The checks are plain functions in eventplatform/quality; here each becomes an asset check
+whose failures go to the alert sinks with a link to the run. They run together in the
+`quality_checks` job, every five minutes.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetSelection,
+    DefaultScheduleStatus,
+    MetadataValue,
+    ScheduleDefinition,
+    asset_check,
+    define_asset_job,
+)
+
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.defs.resources import PlatformResource
+from eventplatform.quality import checks
+from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
+from eventplatform.quality.kafka_stats import consumer_lag, dead_letters_since, messages_since
+from eventplatform.settings import Settings
+
+LANDED = "events_clickhouse"
+TOPICS = "kafka_topics"
+LANDING_GROUP = "eventplatform-land"
+
+
+def _clickhouse(settings: Settings) -> ClickHouse:
+    clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
+    return clickhouse
+
+
+def _router(settings: Settings) -> AlertRouter:
+    q = settings.quality
+    sinks = [LogFileSink(settings.alert_log_file)]
+    if q.alert_webhook_url:
+        sinks.append(WebhookSink(q.alert_webhook_url, q.alert_webhook_format))
+    return AlertRouter(
+        sinks, settings.data_dir / "alerts_state.json", timedelta(minutes=q.alert_cooldown_minutes)
+    )
+
+
+def _result(
+    context: AssetCheckExecutionContext,
+    settings: Settings,
+    asset: str,
+    outcome: checks.CheckOutcome,
+) -> AssetCheckResult:
+    """Route the outcome to the alert sinks, and report it to Dagster."""
+    run_url = f"{settings.quality.dagster_url}/runs/{context.op_execution_context.run_id}"
+    alert = _router(settings).route(outcome, asset, run_url)
+    if alert is not None:
+        context.log.info(f"alert sent: {alert.status} {alert.check}: {alert.summary}")
+    evidence = "\n".join(f"- {line}" for line in outcome.evidence) or "none"
+    return AssetCheckResult(
+        passed=outcome.passed,
+        severity=AssetCheckSeverity.ERROR
+        if outcome.severity == "ERROR"
+        else AssetCheckSeverity.WARN,
+        description=outcome.summary,
+        metadata={
+            **{k: v for k, v in outcome.metadata.items() if isinstance(v, (int, float, str))},
+            "evidence": MetadataValue.md(evidence),
+        },
+    )
+
+
+def _landed_check(name: str, fn, description: str):
+    @asset_check(asset=LANDED, name=name, description=description, blocking=False)
+    def _check(context: AssetCheckExecutionContext, platform: PlatformResource):
+        settings = platform.settings()
+        outcome = fn(_clickhouse(settings), settings.quality, datetime.now(UTC))
+        return _result(context, settings, LANDED, outcome)
+
+    return _check
+
+
+freshness = _landed_check(
+    "freshness",
+    checks.freshness,
+    "Each customer with traffic in the lookback has landed events newer than "
+    "EP_QUALITY_FRESHNESS_MINUTES (overridable per customer).",
+)
+volume_anomaly = _landed_check(
+    "volume_anomaly",
+    checks.volume_anomaly,
+    "Events per customer in the last complete hour against the median of the same hour on "
+    "previous days: spikes and drops beyond the configured factors.",
+)
+duplicate_rate = _landed_check(
+    "duplicate_rate",
+    checks.duplicate_rate,
+    "Share of landed events whose event_id was already landed, per customer, in the window.",
+)
+click_fraud = _landed_check(
+    "click_fraud",
+    checks.click_fraud,
+    "Click-through rate per site and campaign above EP_QUALITY_CTR_MAX, and ad-click bursts "
+    "from a single IP or user.",
+)
+hot_keys = _landed_check(
+    "hot_keys",
+    checks.hot_keys,
+    "One customer taking more than its share of traffic, or one user or campaign most of a "
+    "customer's events.",
+)
+
+
+@asset_check(
+    asset=TOPICS,
+    blocking=False,
+    description="Dead letters against accepted events over the window, with reasons.",
+)
+def dlq_rate(context: AssetCheckExecutionContext, platform: PlatformResource):
+    settings = platform.settings()
+    k, q = settings.kafka, settings.quality
+    since_ms = int((datetime.now(UTC) - timedelta(minutes=q.window_minutes)).timestamp() * 1000)
+    sample = dead_letters_since(k.bootstrap, k.dlq_topic, since_ms)
+    accepted = sum(
+        messages_since(k.bootstrap, t, since_ms) for t in (k.raw_topic, k.overflow_topic)
+    )
+    return _result(context, settings, TOPICS, checks.dlq_rate(sample, accepted, q))
+
+
+@asset_check(
+    asset=TOPICS,
+    blocking=False,
+    description="Unknown event types or fields rejected, unknown writer schemas, or a "
+    "new schema version appearing in the window.",
+)
+def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource):
+    settings = platform.settings()
+    k, q = settings.kafka, settings.quality
+    now = datetime.now(UTC)
+    since_ms = int((now - timedelta(minutes=q.window_minutes)).timestamp() * 1000)
+    sample = dead_letters_since(k.bootstrap, k.dlq_topic, since_ms)
+    outcome = checks.schema_drift(_clickhouse(settings), sample, q, now)
+    return _result(context, settings, TOPICS, outcome)
+
+
+@asset_check(
+    asset=TOPICS,
+    blocking=False,
+    description="The landing consumer's lag: above EP_QUALITY_LAG_MAX_MESSAGES, or "
+    "growing at every sample for EP_QUALITY_LAG_GROWING_MINUTES.",
+)
+def consumer_lag_check(context: AssetCheckExecutionContext, platform: PlatformResource):
+    settings = platform.settings()
+    k, q = settings.kafka, settings.quality
+    now = datetime.now(UTC)
+    lag = {
+        t: sum(consumer_lag(k.bootstrap, LANDING_GROUP, t).values())
+        for t in (k.raw_topic, k.overflow_topic)
+    }
+    clickhouse = _clickhouse(settings)
+    table = f"{clickhouse.database}.consumer_lag_samples"
+    with clickhouse.session() as client:
+        client.insert(
+            table,
+            [[now, t, LANDING_GROUP, n] for t, n in lag.items()],
+            column_names=["ts", "topic", "grp", "lag"],
+        )
+        history = client.query(
+            f"SELECT ts, sum(lag) FROM {table} WHERE grp = %(g)s AND ts >= %(since)s "
+            "GROUP BY ts ORDER BY ts",
+            parameters={
+                "g": LANDING_GROUP,
+                "since": (now - timedelta(minutes=q.lag_growing_minutes)).replace(tzinfo=None),
+            },
+        ).result_rows
+    samples = [(ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts, n) for ts, n in history]
+    return _result(context, settings, TOPICS, checks.consumer_lag_check(lag, samples, q, now))
+
+
+QUALITY_CHECKS = [
+    freshness,
+    volume_anomaly,
+    duplicate_rate,
+    click_fraud,
+    hot_keys,
+    dlq_rate,
+    schema_drift,
+    consumer_lag_check,
+]
+
+quality_checks_job = define_asset_job(
+    "quality_checks",
+    selection=AssetSelection.checks(*QUALITY_CHECKS),
+    description="Every quality check over the landed events and the topics.",
+)
+
+quality_checks_schedule = ScheduleDefinition(
+    job=quality_checks_job,
+    cron_schedule="*/5 * * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,1 @@
+"""Kafka: the local broker, topics as code, and client configuration (confluent-kafka)."""

@@ -1,0 +1,373 @@
+"""The quality checks: each returns an outcome with the numbers that explain it.
+
+Every check is a plain function over the landed events in ClickHouse (or over Kafka), so it
+can run from Dagster, from the CLI or from a test; ``defs/quality.py`` wires them in as asset
+checks and routes failures to the alert sinks. Where a check finds something, its evidence
+names the customers, keys or campaigns, with the observed value and the threshold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.quality.kafka_stats import DeadLetterSample
+from eventplatform.settings import QualitySettings
+
+ERROR, WARN = "ERROR", "WARN"
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: str  # ERROR | WARN: how bad a failure is
+    summary: str  # one line a human reads first
+    evidence: list[str] = field(default_factory=list)  # one line per offender
+    metadata: dict[str, Any] = field(default_factory=dict)  # the numbers, the baseline
+
+
+def _naive(ts: datetime) -> datetime:
+    """ClickHouse parameters: UTC wall time (the columns are DateTime64(3, 'UTC'))."""
+    return ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def _outcome(
+    name: str, severity: str, offenders: list[str], ok: str, bad: str, **metadata: Any
+) -> CheckOutcome:
+    passed = not offenders
+    return CheckOutcome(
+        name,
+        passed,
+        severity,
+        ok if passed else bad,
+        offenders[:50],
+        {"offenders": len(offenders), **metadata},
+    )
+
+
+def freshness(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """Every customer that sent in the lookback has landed events newer than the threshold."""
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, max(landed_ts), max(received_ts), count() FROM {db}.events "
+            "WHERE received_ts >= %(since)s GROUP BY customer_id ORDER BY customer_id"
+        ),
+        since=now - timedelta(hours=q.freshness_lookback_hours),
+    )
+    stale, ages = [], {}
+    for customer, landed, received, _ in rows:
+        age_min = (now - _utc(landed)).total_seconds() / 60
+        ages[customer] = round(age_min, 1)
+        limit = q.for_customer(customer, "freshness_minutes")
+        if age_min > limit:
+            stale.append(
+                f"{customer}: newest landed event {age_min:.1f} min old "
+                f"(limit {limit:g} min; last received {_utc(received):%H:%M:%S} UTC)"
+            )
+    return _outcome(
+        "freshness",
+        ERROR,
+        stale,
+        f"{len(rows)} customers fresh (newest landed within limits)",
+        f"{len(stale)} of {len(rows)} customers stale",
+        customers=len(rows),
+        max_age_minutes=max(ages.values(), default=0.0),
+    )
+
+
+def volume_anomaly(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """The last complete hour per customer against the same hour on previous days (median)."""
+    hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    days = q.volume_baseline_days
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, toStartOfHour(received_ts) AS h, count() FROM {db}.events "
+            "WHERE received_ts >= %(first)s AND received_ts < %(end)s "
+            "AND toHour(received_ts) = %(hour)s GROUP BY customer_id, h"
+        ),
+        first=hour - timedelta(days=days),
+        end=hour + timedelta(hours=1),
+        hour=hour.hour,
+    )
+    counts: dict[str, dict[datetime, int]] = {}
+    for customer, h, n in rows:
+        counts.setdefault(customer, {})[_utc(h)] = n
+    history_start = ch_query(ch, "SELECT min(received_ts) FROM {db}.events")[0][0]
+    offenders, baselines = [], {}
+    for customer, by_hour in sorted(counts.items()):
+        previous_hours = [hour - timedelta(days=d) for d in range(1, days + 1)]
+        covered = [
+            h
+            for h in previous_hours  # hours the landed history reaches into
+            if history_start and h + timedelta(hours=1) > _utc(history_start)
+        ]
+        if len(covered) < q.volume_min_history_days:
+            continue  # not enough history for a baseline
+        baseline = statistics.median(by_hour.get(h, 0) for h in covered)
+        current = by_hour.get(hour, 0)
+        baselines[customer] = {"current": current, "baseline_median": baseline}
+        spike = q.for_customer(customer, "volume_spike_factor")
+        drop = q.for_customer(customer, "volume_drop_factor")
+        if baseline >= q.for_customer(customer, "volume_min_baseline") or current >= q.for_customer(
+            customer, "volume_min_baseline"
+        ):
+            if current > baseline * spike:
+                offenders.append(
+                    f"{customer}: spike, {current} events at {hour:%Y-%m-%d %H}h "
+                    f"vs median {baseline:g} of the same hour on {len(covered)} "
+                    f"previous days (> x{spike:g})"
+                )
+            elif current < baseline / drop:
+                offenders.append(
+                    f"{customer}: drop, {current} events at {hour:%Y-%m-%d %H}h "
+                    f"vs median {baseline:g} of the same hour on {len(covered)} "
+                    f"previous days (< /{drop:g})"
+                )
+    return _outcome(
+        "volume_anomaly",
+        WARN,
+        offenders,
+        f"volume normal for {len(baselines)} customers with a baseline (hour {hour:%Y-%m-%d %H}h)",
+        f"{len(offenders)} customers with abnormal volume at {hour:%Y-%m-%d %H}h",
+        hour=f"{hour:%Y-%m-%d %H}:00",
+        customers_with_baseline=len(baselines),
+    )
+
+
+def dlq_rate(sample: DeadLetterSample, accepted: int, q: QualitySettings) -> CheckOutcome:
+    """Dead letters against everything that came in over the window."""
+    total = accepted + sample.total
+    rate = sample.total / total if total else 0.0
+    reasons = ", ".join(f"{r} {n}" for r, n in sample.by_reason.most_common(5))
+    customers = [f"{c}: {n} dead letters" for c, n in sample.by_customer.most_common(10)]
+    failed = rate > q.dlq_rate_max
+    return CheckOutcome(
+        "dlq_rate",
+        not failed,
+        ERROR,
+        f"dead-letter rate {rate:.2%} ({sample.total} of {total}) "
+        f"{'above' if failed else 'within'} {q.dlq_rate_max:.2%}"
+        + (f"; reasons: {reasons}" if sample.total else ""),
+        customers if failed else [],
+        {
+            "dlq": sample.total,
+            "accepted": accepted,
+            "rate": round(rate, 5),
+            "threshold": q.dlq_rate_max,
+            "by_reason": dict(sample.by_reason),
+        },
+    )
+
+
+def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """Events landed more than once (same event_id) per customer in the window."""
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, count(), uniqExact(event_id) FROM {db}.events "
+            "WHERE received_ts >= %(since)s GROUP BY customer_id ORDER BY customer_id"
+        ),
+        since=now - timedelta(minutes=q.window_minutes),
+    )
+    offenders, total, dupes = [], 0, 0
+    for customer, n, unique in rows:
+        total, dupes = total + n, dupes + (n - unique)
+        rate = (n - unique) / n if n else 0
+        if rate > q.for_customer(customer, "duplicate_rate_max"):
+            offenders.append(f"{customer}: {n - unique} duplicates of {n} ({rate:.2%})")
+    return _outcome(
+        "duplicate_rate",
+        WARN,
+        offenders,
+        f"duplicate rate {dupes / total if total else 0:.3%} within limits",
+        f"{len(offenders)} customers above the duplicate rate limit",
+        events=total,
+        duplicates=dupes,
+        threshold=q.duplicate_rate_max,
+    )
+
+
+def schema_drift(
+    ch: ClickHouse, sample: DeadLetterSample, q: QualitySettings, now: datetime
+) -> CheckOutcome:
+    """Unknown event types or fields rejected, unknown writer schemas, a new schema version."""
+    findings = []
+    for (reason, detail), n in sample.details.most_common():
+        if "unknown field" in detail or "unknown type" in detail or reason == "unknown_schema":
+            findings.append(f"{n} x {reason}: {detail}")
+    since = now - timedelta(minutes=q.window_minutes)
+    versions = ch_query(
+        ch,
+        (
+            "SELECT schema_version, min(received_ts), count() FROM {db}.events "
+            "WHERE received_ts >= %(lookback)s GROUP BY schema_version ORDER BY schema_version"
+        ),
+        lookback=now - timedelta(days=q.volume_baseline_days),
+    )
+    for version, first_seen, n in versions:
+        if _utc(first_seen) >= since and len(versions) > 1:
+            findings.append(
+                f"schema version {version} first seen {_utc(first_seen):%H:%M} UTC ({n} events)"
+            )
+    return _outcome(
+        "schema_drift",
+        WARN,
+        findings,
+        "no schema drift in the window",
+        f"{len(findings)} signs of schema drift",
+        versions={str(v): n for v, _, n in versions},
+    )
+
+
+def click_fraud(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """Abnormal click-through per site and campaign; click bursts from one IP or user."""
+    since = now - timedelta(minutes=q.window_minutes)
+    offenders = []
+    ctr_rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, site_id, campaign_id, countIf(event_type = 'impression') AS imps, "
+            "countIf(event_type = 'ad_click') AS clicks FROM {db}.events "
+            "WHERE received_ts >= %(since)s AND event_type IN ('impression', 'ad_click') "
+            "GROUP BY customer_id, site_id, campaign_id HAVING imps > 0 ORDER BY clicks DESC"
+        ),
+        since=since,
+    )
+    for customer, site, campaign, imps, clicks in ctr_rows:
+        ctr = clicks / imps
+        if imps >= q.for_customer(customer, "ctr_min_impressions") and ctr > q.for_customer(
+            customer, "ctr_max"
+        ):
+            offenders.append(
+                f"{customer} site {site} campaign {campaign}: CTR {ctr:.1%} "
+                f"({clicks} clicks / {imps} impressions, limit "
+                f"{q.for_customer(customer, 'ctr_max'):.0%})"
+            )
+    for column in ("ip", "user_id"):
+        burst_rows = ch_query(
+            ch,
+            (
+                f"SELECT customer_id, {column}, count() AS clicks FROM {{db}}.events "
+                f"WHERE received_ts >= %(since)s AND event_type = 'ad_click' "
+                f"AND {column} IS NOT NULL "
+                f"GROUP BY customer_id, {column} HAVING clicks > %(limit)s ORDER BY clicks DESC "
+                "LIMIT 20"
+            ),
+            since=since,
+            limit=q.clicks_per_source_max,
+        )
+        for customer, source, clicks in burst_rows:
+            if clicks > q.for_customer(customer, "clicks_per_source_max"):
+                offenders.append(
+                    f"{customer}: {clicks} ad clicks from {column} {source} in "
+                    f"{q.window_minutes} min (limit {q.clicks_per_source_max})"
+                )
+    return _outcome(
+        "click_fraud",
+        ERROR,
+        offenders,
+        "click-through rates and click sources normal",
+        f"{len(offenders)} signs of click fraud",
+        site_campaigns=len(ctr_rows),
+    )
+
+
+def hot_keys(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """One customer taking most of the traffic, or one record (user, campaign) within one."""
+    since = now - timedelta(minutes=q.window_minutes)
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, count() FROM {db}.events "
+            "WHERE received_ts >= %(since)s GROUP BY customer_id"
+        ),
+        since=since,
+    )
+    total = sum(n for _, n in rows)
+    offenders = []
+    if total >= q.hot_min_events:
+        for customer, n in sorted(rows, key=lambda r: -r[1]):
+            if n / total > q.for_customer(customer, "hot_customer_share"):
+                offenders.append(
+                    f"customer {customer}: {n / total:.0%} of {total} events "
+                    f"(limit {q.for_customer(customer, 'hot_customer_share'):.0%})"
+                )
+    for column in ("user_id", "campaign_id"):
+        key_rows = ch_query(
+            ch,
+            (
+                f"SELECT customer_id, {column}, count() AS n, "
+                f"sum(n) OVER (PARTITION BY customer_id) AS customer_total "
+                f"FROM {{db}}.events WHERE received_ts >= %(since)s AND {column} IS NOT NULL "
+                f"GROUP BY customer_id, {column} ORDER BY n DESC LIMIT 20"
+            ),
+            since=since,
+        )
+        for customer, key, n, customer_total in key_rows:
+            share = n / customer_total
+            if customer_total >= q.hot_min_events and share > q.for_customer(
+                customer, "hot_record_share"
+            ):
+                offenders.append(
+                    f"{customer} {column} {key}: {share:.0%} of the customer's "
+                    f"{customer_total} events ({n})"
+                )
+    return _outcome(
+        "hot_keys",
+        WARN,
+        offenders,
+        f"no hot key among {total} events",
+        f"{len(offenders)} hot keys",
+        events=total,
+    )
+
+
+def consumer_lag_check(
+    lag_by_topic: dict[str, int],
+    history: list[tuple[datetime, int]],
+    q: QualitySettings,
+    now: datetime,
+) -> CheckOutcome:
+    """Lag above the limit, or growing at every sample over the growth window."""
+    offenders = [
+        f"{topic}: {lag} messages behind (limit {q.lag_max_messages})"
+        for topic, lag in lag_by_topic.items()
+        if lag > q.lag_max_messages
+    ]
+    window = [
+        (ts, lag) for ts, lag in history if ts >= now - timedelta(minutes=q.lag_growing_minutes)
+    ]
+    lags = [lag for _, lag in sorted(window)]
+    spans_window = window and (now - min(ts for ts, _ in window)) >= timedelta(
+        minutes=q.lag_growing_minutes * 0.8
+    )
+    if len(lags) >= 3 and spans_window and all(b > a for a, b in itertools.pairwise(lags)):
+        offenders.append(
+            f"total lag grew at every sample for {q.lag_growing_minutes:g} min: "
+            f"{lags[0]} -> {lags[-1]}"
+        )
+    return _outcome(
+        "consumer_lag",
+        ERROR,
+        offenders,
+        f"consumer lag {sum(lag_by_topic.values())} messages, not growing",
+        f"consumer lag: {len(offenders)} problems",
+        **{f"lag_{t}": lag for t, lag in lag_by_topic.items()},
+    )
+
+
+def ch_query(ch: ClickHouse, sql: str, **params: Any) -> list[tuple]:
+    bound = {k: _naive(v) if isinstance(v, datetime) else v for k, v in params.items()}
+    with ch.session() as client:
+        return client.query(sql.replace("{db}", ch.database), parameters=bound).result_rows

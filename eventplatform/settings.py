@@ -1,0 +1,249 @@
+"""All settings in one place: typed, with defaults that work on a laptop, overridable by env.
+
+Every field can be set by an environment variable named ``EP_<SECTION>_<FIELD>`` (for example
+``EP_KAFKA_PORT=9192``). A few well-known variables are honoured as well:
+``KAFKA_BOOTSTRAP_SERVERS`` (use an existing cluster, start no broker), ``KAFKA_HOME`` (use an
+existing Kafka installation's jars) and ``DAGSTER_HOME``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_VERSION = "4.4.0"  # newest 4.x on Maven Central when pinned; see eventplatform/kafka/pom.xml
+
+
+def _default_data_dir() -> Path:
+    return (Path.cwd() / ".data").resolve()
+
+
+class PathSettings(BaseSettings):
+    """Where the platform keeps its state on this machine."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    cache_dir: Path = Field(default=REPO_ROOT / ".cache")
+    sql_dir: Path = Field(default=REPO_ROOT / "sql")
+
+
+class KafkaSettings(BaseSettings):
+    """The broker (local or external) and the platform's topics."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EP_KAFKA_BOOTSTRAP_SERVERS"),
+        description="An existing cluster. When set, the platform starts no broker of its own.",
+    )
+    kafka_home: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_HOME", "EP_KAFKA_HOME"),
+        description="An existing Kafka installation whose libs/ are used instead of Maven's.",
+    )
+    version: str = KAFKA_VERSION
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    start_timeout_s: float = 60.0
+
+    raw_topic: str = "events.raw"
+    overflow_topic: str = "events.overflow"
+    dlq_topic: str = "events.dlq"
+    control_topic: str = "campaign.control"
+    raw_partitions: int = 12
+    overflow_partitions: int = 3
+    dlq_partitions: int = 3
+    control_partitions: int = 3
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    dlq_retention_ms: int = 30 * 24 * 3600 * 1000
+
+    @property
+    def is_external(self) -> bool:
+        return bool(self.bootstrap_servers)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class ClickHouseSettings(BaseSettings):
+    """ClickHouse: the embedded chdb engine by default, any server with an http(s) DSN."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_CLICKHOUSE_", extra="ignore")
+
+    dsn: str | None = Field(
+        default=None, description="Default: chdb:///<data_dir>/clickhouse (embedded engine)."
+    )
+    database: str = "eventplatform"
+
+
+class DagsterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EP_DAGSTER_", extra="ignore")
+
+    home: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DAGSTER_HOME", "EP_DAGSTER_HOME"),
+        description="Default: <data_dir>/dagster.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 3000
+
+
+class CollectorSettings(BaseSettings):
+    """The HTTP collector: where it listens, what it accepts, how fast each customer may send."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_COLLECTOR_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 5 * 1024 * 1024  # as sent (compressed or not)
+    max_decompressed_bytes: int = 20 * 1024 * 1024  # a gzip bomb stops here
+    max_events_per_request: int = 10_000
+    rate_per_s: float = Field(default=2000.0, description="Per customer, per worker process.")
+    burst: float = 10_000.0
+    hard_cap_per_s: float = Field(
+        default=20_000.0, description="Above this a customer gets 429 (per worker process)."
+    )
+    hard_cap_burst: float = 50_000.0
+    producer_max_messages: int = 200_000
+    sync_timeout_s: float = 30.0
+    retry_after_s: int = 2
+    key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
+    access_log: bool = False
+
+
+class BudgetSettings(BaseSettings):
+    """Campaign budgets: tolerances for the checks that guard them."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_BUDGETS_", extra="ignore")
+
+    overspend_tolerance_pct: float = Field(
+        default=1.0, description="Spend above budget by more than this % fails the check."
+    )
+    pacing_warn_pct: float = Field(
+        default=150.0, description="Today's pacing above this % (of an even spread) warns."
+    )
+    signal_reread_s: float = 30.0
+
+
+class QualitySettings(BaseSettings):
+    """Thresholds of the quality checks, and where their alerts go.
+
+    ``EP_QUALITY_OVERRIDES`` takes per-customer thresholds as JSON, for example
+    ``{"big-customer": {"hot_customer_share": 0.9}, "tiny": {"freshness_minutes": 240}}``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EP_QUALITY_", extra="ignore")
+
+    window_minutes: int = 60
+    freshness_minutes: float = 15.0
+    freshness_lookback_hours: int = 24
+    volume_baseline_days: int = 7
+    volume_min_history_days: int = 3
+    volume_spike_factor: float = 3.0
+    volume_drop_factor: float = 3.0
+    volume_min_baseline: float = 100.0
+    dlq_rate_max: float = 0.05
+    duplicate_rate_max: float = 0.01
+    ctr_max: float = 0.10
+    ctr_min_impressions: int = 1000
+    clicks_per_source_max: int = 200
+    hot_customer_share: float = 0.6
+    hot_record_share: float = 0.2
+    hot_min_events: int = 1000
+    lag_max_messages: int = 100_000
+    lag_growing_minutes: float = 15.0
+    overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    alert_webhook_url: str | None = None
+    alert_webhook_format: str = Field(default="json", description="json or slack")
+    alert_log_file: Path | None = Field(default=None, description="Default: <data_dir>/alerts.log")
+    alert_cooldown_minutes: float = 60.0
+    dagster_url: str = "http://127.0.0.1:3000"
+
+    def for_customer(self, customer_id: str, name: str) -> float:
+        return self.overrides.get(customer_id, {}).get(name, getattr(self, name))
+
+
+class Settings:
+    """The composed settings. Build with :func:`get_settings` (cached) or directly in tests."""
+
+    def __init__(self) -> None:
+        self.paths = PathSettings()
+        self.kafka = KafkaSettings()
+        self.clickhouse = ClickHouseSettings()
+        self.dagster = DagsterSettings()
+        self.collector = CollectorSettings()
+        self.budgets = BudgetSettings()
+        self.quality = QualitySettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data_dir
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def dagster_home(self) -> Path:
+        return (self.dagster.home or self.data_dir / "dagster").resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse.dsn or f"chdb://{self.data_dir / 'clickhouse'}"
+
+    @property
+    def customers_db(self) -> Path:
+        return self.data_dir / "customers.sqlite"
+
+    @property
+    def alert_log_file(self) -> Path:
+        return self.quality.alert_log_file or self.data_dir / "alerts.log"
+
+    @property
+    def kafka_libs_dir(self) -> Path:
+        if self.kafka.kafka_home:
+            return self.kafka.kafka_home / "libs"
+        return self.paths.cache_dir / f"kafka-{self.kafka.version}" / "libs"
+
+    def describe(self) -> dict[str, object]:
+        """The effective settings, for `eventplatform settings` and the README."""
+        out: dict[str, object] = {}
+        for section in (
+            "paths",
+            "kafka",
+            "clickhouse",
+            "dagster",
+            "collector",
+            "budgets",
+            "quality",
+        ):
+            for key, value in getattr(self, section).model_dump().items():
+                out[f"{section}.{key}"] = str(value) if isinstance(value, Path) else value
+        out["derived.kafka_bootstrap"] = self.kafka.bootstrap
+        out["derived.clickhouse_dsn"] = self.clickhouse_dsn
+        out["derived.lake_dir"] = str(self.lake_dir)
+        out["derived.dagster_home"] = str(self.dagster_home)
+        out["derived.kafka_libs_dir"] = str(self.kafka_libs_dir)
+        return out
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

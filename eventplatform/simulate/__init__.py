@@ -1,0 +1,1 @@
+"""Traffic simulator: realistic, labelled events sent over HTTP or straight to Kafka."""

@@ -1,0 +1,348 @@
+"""Realistic traffic: many customers, a diurnal curve, peaks, hot customers, funnels, ads.
+
+The generator is deterministic for a seed, knows nothing of HTTP or Kafka, and labels every
+event it makes (``normal``, ``anomaly:<kind>``, ``bad:<kind>``) so that tests and
+`eventplatform reconcile` can check what the platform did with each. Labels never go into
+the event itself: the contract rejects unknown fields.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+AD_NETWORK = "ad_network"
+PRODUCT = "product"
+
+# Share of ad-event draws by type: CTR about 2.6 %, conversions about 0.9 % of impressions.
+AD_MIX = (("bid", 0.40), ("impression", 0.58), ("ad_click", 0.015), ("conversion", 0.005))
+# Funnel of a product session: the chance to go on to the next step.
+FUNNEL = (("page_view", 1.0), ("click", 0.45), ("signup", 0.25), ("purchase", 0.4))
+BAD_KINDS = (
+    "missing_type",
+    "unknown_type",
+    "wrong_type",
+    "unknown_field",
+    "bad_timestamp",
+    "not_an_object",
+)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    campaign_id: str
+    advertiser: str  # the customer that runs it
+    pricing_model: str  # CPM | CPC | CPA
+    price: float  # per thousand impressions (CPM), per click (CPC), per conversion (CPA)
+    daily_budget: float
+    total_budget: float
+    currency: str = "USD"
+
+    def cost_of(self, event_type: str) -> float:
+        charged = {"CPM": "impression", "CPC": "ad_click", "CPA": "conversion"}[self.pricing_model]
+        if event_type != charged:
+            return 0.0
+        return self.price / 1000 if self.pricing_model == "CPM" else self.price
+
+
+@dataclass(frozen=True)
+class Customer:
+    customer_id: str
+    kind: str  # ad_network | product
+    weight: float  # relative share of traffic
+    sites: tuple[str, ...]
+    campaigns: tuple[Campaign, ...] = ()
+
+
+@dataclass
+class SimulatedEvent:
+    customer_id: str
+    event: Any  # the JSON a sender posts (a dict, or garbage for bad:not_an_object)
+    label: str = "normal"
+
+    @property
+    def event_type(self) -> str:
+        return self.event.get("event_type", "?") if isinstance(self.event, dict) else "?"
+
+
+@dataclass
+class TrafficSpec:
+    seed: int = 7
+    customers: int = 8
+    hot_customers: int = 2  # these take most of the traffic (Zipf-like weights)
+    campaigns_per_advertiser: int = 4
+    bad_rate: float = 0.0  # share of events made invalid on purpose
+    anomalies: bool = False  # a spike and a click-fraud burst
+    day_seconds: float = 86_400.0  # compress a day to see the diurnal curve in a short run
+    peak_every_s: float = 600.0  # a peak of ten times the average this often...
+    peak_length_s: float = 30.0  # ...lasting this long
+    low_budgets: bool = False  # budgets small enough to run out within a demo
+
+
+@dataclass
+class _Session:
+    customer: Customer
+    user_id: str
+    session_id: str
+    step: int = 0
+
+
+class TrafficGenerator:
+    def __init__(self, spec: TrafficSpec) -> None:
+        self.spec = spec
+        self.rng = random.Random(spec.seed)
+        self.customers = self._make_customers()
+        self._weights = [c.weight for c in self.customers]
+        self._sessions: dict[str, list[_Session]] = {
+            c.customer_id: [] for c in self.customers if c.kind == PRODUCT
+        }
+        self.sent = Counter()  # (customer, event_type, label) -> events made
+
+    # -- the population ------------------------------------------------------------------
+    def _make_customers(self) -> list[Customer]:
+        rng, spec = self.rng, self.spec
+        customers = []
+        for i in range(spec.customers):
+            kind = AD_NETWORK if i % 2 == 0 else PRODUCT
+            name = f"{'adnet' if kind == AD_NETWORK else 'app'}-{i:02d}"
+            weight = 10.0 / (i + 1) if i < spec.hot_customers else 1.0 / (i + 1)
+            sites = tuple(f"{name}-site-{j}" for j in range(3))
+            campaigns: tuple[Campaign, ...] = ()
+            if kind == AD_NETWORK:
+                campaigns = tuple(
+                    self._campaign(name, j, rng) for j in range(spec.campaigns_per_advertiser)
+                )
+            customers.append(Customer(name, kind, weight, sites, campaigns))
+        return customers
+
+    def _campaign(self, advertiser: str, j: int, rng: random.Random) -> Campaign:
+        model = ("CPM", "CPC", "CPA")[j % 3]
+        price = {"CPM": 2.5, "CPC": 0.4, "CPA": 5.0}[model]
+        daily = (
+            rng.choice((5.0, 10.0, 50.0))
+            if self.spec.low_budgets
+            else rng.choice((500.0, 1000.0, 5000.0))
+        )
+        return Campaign(f"{advertiser}-cmp-{j}", advertiser, model, price, daily, daily * 30)
+
+    @property
+    def campaigns(self) -> list[Campaign]:
+        return [c for customer in self.customers for c in customer.campaigns]
+
+    # -- the rate ------------------------------------------------------------------------
+    def rate_multiplier(self, t_s: float) -> float:
+        """Relative rate at simulated second ``t_s``: a diurnal curve times periodic peaks.
+
+        The curve has its trough at 04:00 and its top at 16:00 (0.3x to 1.7x, mean 1); a peak
+        multiplies the average by ten.
+        """
+        day_fraction = (t_s % self.spec.day_seconds) / self.spec.day_seconds
+        diurnal = 1.0 - 0.7 * math.cos(2 * math.pi * (day_fraction - 4 / 24))
+        in_peak = (t_s % self.spec.peak_every_s) < self.spec.peak_length_s
+        return 10.0 if in_peak else diurnal
+
+    # -- events --------------------------------------------------------------------------
+    def events(self, n: int, now_ms: int, t_s: float = 0.0) -> list[SimulatedEvent]:
+        """``n`` events happening around ``now_ms`` (simulated second ``t_s`` of the run)."""
+        out = []
+        chosen = self.rng.choices(self.customers, weights=self._weights, k=n)
+        for customer in chosen:
+            event = (
+                self._ad_event(customer, now_ms)
+                if customer.kind == AD_NETWORK
+                else self._product_event(customer, now_ms)
+            )
+            out.append(event)
+        if self.spec.anomalies:
+            out.extend(self._anomalies(now_ms, t_s, n))
+        if self.spec.bad_rate:
+            for i, event in enumerate(out):
+                if self.rng.random() < self.spec.bad_rate:
+                    out[i] = self._spoil(event)
+        for event in out:
+            self.sent[(event.customer_id, event.event_type, event.label)] += 1
+        return out
+
+    def _envelope(self, event_type: str, now_ms: int, payload: dict, **extra: Any) -> dict:
+        jitter = self.rng.randint(0, 2000)  # senders' clocks and queues
+        return {
+            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128))),
+            "event_type": event_type,
+            "event_ts": now_ms - jitter,
+            "source": "simulator",
+            "payload": payload,
+            **extra,
+        }
+
+    def _ad_event(
+        self,
+        customer: Customer,
+        now_ms: int,
+        label: str = "normal",
+        event_type: str | None = None,
+        ip: str | None = None,
+    ) -> SimulatedEvent:
+        rng = self.rng
+        if event_type is None:
+            event_type = rng.choices([t for t, _ in AD_MIX], weights=[w for _, w in AD_MIX])[0]
+        campaign = rng.choice(customer.campaigns)
+        site = rng.choice(customer.sites)
+        user = f"{customer.customer_id}-viewer-{rng.randrange(50_000)}"
+        common = {
+            "campaign_id": campaign.campaign_id,
+            "site_id": site,
+            "publisher_id": f"pub-{site.rsplit('-', 1)[-1]}",
+            "currency": campaign.currency,
+        }
+        if event_type == "bid":
+            payload = {
+                **common,
+                "bid_price": round(rng.uniform(0.5, 4.0), 4),
+                "won": rng.random() < 0.3,
+            }
+        else:
+            cost = campaign.cost_of(event_type)
+            payload = {
+                **common,
+                "ad_id": f"{campaign.campaign_id}-ad-{rng.randrange(3)}",
+                "pricing_model": campaign.pricing_model,
+                "cost": cost,
+                "revenue": round(cost * 0.7, 6),
+            }
+            if event_type == "conversion":
+                payload["value"] = round(rng.uniform(10, 200), 2)
+        ip = ip or f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        event = self._envelope(
+            event_type,
+            now_ms,
+            payload,
+            user_id=user,
+            ip=ip,
+            device=rng.choice(("desktop", "mobile", "mobile", "tablet")),
+        )
+        return SimulatedEvent(customer.customer_id, event, label)
+
+    def _product_event(self, customer: Customer, now_ms: int) -> SimulatedEvent:
+        rng = self.rng
+        sessions = self._sessions[customer.customer_id]
+        if len(sessions) < 50 or rng.random() < 0.05:
+            user = f"{customer.customer_id}-user-{rng.randrange(20_000)}"
+            sessions.append(_Session(customer, user, f"s-{rng.getrandbits(48):012x}"))
+        session = rng.choice(sessions)
+        event_type = FUNNEL[session.step][0]
+        # Advance along the funnel, or stay browsing, or leave.
+        if session.step + 1 < len(FUNNEL) and rng.random() < FUNNEL[session.step + 1][1]:
+            session.step += 1
+        elif event_type != "page_view" or rng.random() < 0.3:
+            sessions.remove(session)
+        site = customer.sites[0]
+        payloads = {
+            "page_view": {
+                "url": f"https://{site}.example/p/{rng.randrange(500)}",
+                "duration_ms": rng.randrange(200, 120_000),
+            },
+            "click": {"url": f"https://{site}.example/cta", "element": "cta"},
+            "signup": {"plan": rng.choice(("free", "pro")), "method": "email"},
+            "purchase": {
+                "order_id": f"o-{rng.getrandbits(40):010x}",
+                "amount": round(rng.uniform(5, 300), 2),
+                "currency": "EUR",
+                "items": rng.randrange(1, 5),
+            },
+        }
+        event = self._envelope(
+            event_type,
+            now_ms,
+            payloads[event_type],
+            user_id=session.user_id,
+            session_id=session.session_id,
+        )
+        return SimulatedEvent(customer.customer_id, event)
+
+    def _anomalies(self, now_ms: int, t_s: float, n: int) -> list[SimulatedEvent]:
+        """A spike of one customer (10x its share) and click fraud from one IP, in windows."""
+        out: list[SimulatedEvent] = []
+        if 60 <= t_s % 600 < 90:  # spike window
+            victim = self.customers[-1]
+            for _ in range(max(1, n // 10)):
+                made = (
+                    self._ad_event(victim, now_ms)
+                    if victim.kind == AD_NETWORK
+                    else self._product_event(victim, now_ms)
+                )
+                made.label = "anomaly:spike"
+                out.append(made)
+        if 120 <= t_s % 600 < 150:  # click fraud window
+            fraudster = next(c for c in self.customers if c.kind == AD_NETWORK)
+            for _ in range(max(1, n // 20)):
+                out.append(
+                    self._ad_event(
+                        fraudster,
+                        now_ms,
+                        "anomaly:click_fraud",
+                        event_type="ad_click",
+                        ip="203.0.113.66",
+                    )
+                )
+        return out
+
+    def _spoil(self, good: SimulatedEvent) -> SimulatedEvent:
+        kind = self.rng.choice(BAD_KINDS)
+        event = dict(good.event) if isinstance(good.event, dict) else {}
+        if kind == "missing_type":
+            event.pop("event_type", None)
+        elif kind == "unknown_type":
+            event["event_type"] = "teleport"
+        elif kind == "wrong_type":
+            event["event_ts"] = {"when": "now"}
+        elif kind == "unknown_field":
+            event["colour"] = "red"
+        elif kind == "bad_timestamp":
+            event["event_ts"] = "yesterday at noon"
+        else:
+            return SimulatedEvent(good.customer_id, ["not", "an", "object"], f"bad:{kind}")
+        return SimulatedEvent(good.customer_id, event, f"bad:{kind}")
+
+
+def campaigns_csv(
+    campaigns: list[Campaign],
+    start: str = "2026-01-01",
+    end: str = "2027-12-31",
+    timezone: str = "UTC",
+) -> str:
+    """The campaigns as the budgets loader reads them (`eventplatform campaigns load`)."""
+    lines = ["advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone"]
+    for c in campaigns:
+        lines.append(
+            f"{c.advertiser},{c.campaign_id},{c.total_budget:.2f},{c.daily_budget:.2f},"
+            f"{c.currency},{start},{end},{timezone}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Summary:
+    """What a run sent, per customer, type and label: reconcilable with what landed."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, other: Counter) -> None:
+        self.counts.update(other)
+
+    def by_customer(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (customer, _event_type, label), n in self.counts.items():
+            bucket = "bad" if label.startswith("bad:") else "good"
+            out.setdefault(customer, {"good": 0, "bad": 0})[bucket] += n
+        return out
+
+    def total(self, good: bool | None = None) -> int:
+        return sum(
+            n
+            for (_, _, label), n in self.counts.items()
+            if good is None or label.startswith("bad:") != good
+        )

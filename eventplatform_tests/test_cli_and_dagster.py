@@ -1,0 +1,136 @@
+"""The operator's surface: the `eventplatform` command and the Dagster definitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import DagsterInstance, materialize
+
+from eventplatform.kafka.broker import free_port
+from eventplatform.kafka.clients import make_admin
+from eventplatform.settings import REPO_ROOT, Settings
+
+CLI = [sys.executable, "-m", "eventplatform.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
+    )
+
+
+def test_settings_are_overridable_by_environment(tmp_path: Path) -> None:
+    result = run_cli(
+        "settings",
+        env={
+            "EP_DATA_DIR": str(tmp_path),
+            "EP_KAFKA_PORT": "19999",
+            "EP_CLICKHOUSE_DATABASE": "analytics",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["kafka.port"] == 19999
+    assert effective["derived.kafka_bootstrap"] == "127.0.0.1:19999"
+    assert effective["derived.clickhouse_dsn"] == f"chdb://{tmp_path}/clickhouse"
+    assert effective["derived.lake_dir"] == f"{tmp_path}/lake"
+    assert effective["clickhouse.database"] == "analytics"
+
+
+def test_cli_starts_reports_and_stops_a_local_broker(tmp_path: Path, kafka_libs: Path) -> None:
+    env = {
+        "EP_DATA_DIR": str(tmp_path),
+        "EP_KAFKA_PORT": str(free_port()),
+        "EP_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_BOOTSTRAP_SERVERS": "",
+    }
+    try:
+        started = run_cli("kafka", "start", env=env)
+        assert started.returncode == 0, started.stderr
+        assert "running (pid" in started.stdout
+        assert (tmp_path / "kafka" / "logs" / "meta.properties").exists()
+
+        status = run_cli("kafka", "status", env=env)
+        assert status.returncode == 0 and "running (pid" in status.stdout
+
+        ensured = run_cli("topics", "ensure", env=env)
+        assert ensured.returncode == 0, ensured.stderr
+        assert ensured.stdout.splitlines() == [
+            "events.raw: created",
+            "events.overflow: created",
+            "events.dlq: created",
+            "campaign.control: created",
+        ]
+        again = run_cli("topics", "ensure", env=env)
+        assert again.stdout.count(": ok") == 4
+    finally:
+        stopped = run_cli("kafka", "stop", env=env)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "kafka: stopped"
+    after = run_cli("kafka", "status", env=env)
+    assert after.returncode == 1 and "not running" in after.stdout
+
+
+def test_external_cluster_means_no_broker_is_started(tmp_path: Path, bootstrap: str) -> None:
+    env = {"EP_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    started = run_cli("kafka", "start", env=env)
+    assert started.returncode == 0
+    assert started.stdout.strip() == f"using external Kafka at {bootstrap}; starting no broker"
+    assert not (tmp_path / "kafka").exists()
+    status = run_cli("kafka", "status", env=env)
+    assert status.returncode == 0 and "answering" in status.stdout
+
+
+def test_topics_ensure_exits_nonzero_on_drift(platform_env: Settings, unique: str) -> None:
+    assert run_cli("topics", "ensure").returncode == 0
+    drifted = run_cli("topics", "ensure", env={"EP_KAFKA_RAW_PARTITIONS": "6"})
+    assert drifted.returncode == 1
+    assert f"events.raw.{unique}: differs" in drifted.stdout
+    assert "partitions: 4, specified 6" in drifted.stdout
+    assert "some topics differ" in drifted.stderr
+
+
+def test_dagster_definitions_validate(tmp_path: Path) -> None:
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=180,
+        env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful for code location eventplatform" in result.stdout + result.stderr
+
+
+def test_kafka_topics_asset_creates_the_platform_topics(platform_env: Settings) -> None:
+    from eventplatform.defs import defs
+
+    asset = defs.resolve_assets_def("kafka_topics")  # resources as the Definitions bind them
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([asset], instance=instance)
+        assert result.success
+        materialization = result.asset_materializations_for_node("kafka_topics")[0]
+        assert "created" in materialization.metadata["topics"].value
+    topics = make_admin(platform_env.kafka.bootstrap).list_topics(timeout=10).topics
+    assert len(topics[platform_env.kafka.raw_topic].partitions) == 4
+    assert platform_env.kafka.control_topic in topics

@@ -1,0 +1,315 @@
+"""The collector, run as `eventplatform collect`, over real HTTP, into the real broker."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import orjson
+import pytest
+
+from eventplatform.collect.customers import CustomerStore
+from eventplatform.events import EventCodec
+from eventplatform.events.examples import example_event
+from eventplatform.kafka.broker import free_port
+from eventplatform.kafka.clients import make_admin, make_consumer
+from eventplatform.kafka.dlq import parse_dead_letter
+from eventplatform.kafka.topics import ensure_topics, platform_topics
+from eventplatform.settings import REPO_ROOT, Settings
+
+
+@contextmanager
+def running_collector(settings: Settings, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventplatform.cli", "collect", "--port", str(port)],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"collector did not start: {process.stdout.read().decode()}")
+        time.sleep(0.2)
+    try:
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+@pytest.fixture
+def platform(platform_env: Settings) -> Settings:
+    ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
+    return platform_env
+
+
+@pytest.fixture
+def keys(platform: Settings) -> dict[str, str]:
+    store = CustomerStore(platform.customers_db)
+    return {name: store.add(name) for name in ("acme", "globex")}
+
+
+def read_topic(
+    settings: Settings, topic: str, expected: int, timeout_s: float = 30, settle_s: float = 1.0
+) -> list:
+    """Every message of a topic: waits for ``expected``, then a moment for any extra."""
+    consumer = make_consumer(settings.kafka.bootstrap, f"t-{time.monotonic_ns()}")
+    consumer.subscribe([topic])
+    messages, deadline, settle_until = [], time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            messages.append(message)
+        if len(messages) >= expected:
+            settle_until = settle_until or time.monotonic() + settle_s
+            if time.monotonic() > settle_until:
+                break
+    consumer.close()
+    return messages
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_accepts_valid_events_and_dead_letters_bad_ones(platform: Settings, keys) -> None:
+    batch = [
+        example_event("page_view", event_id="pv-1"),
+        example_event("purchase"),
+        {"event_type": "purchase", "event_ts": 1, "payload": {"amount": "12"}},
+        example_event("click", customer_id="globex"),  # not acme's to send
+        "not an object",
+    ]
+    with running_collector(platform) as (url, _):
+        response = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["received"], body["accepted"], body["overflowed"]) == (5, 2, 0)
+    assert body["event_ids"][0] == "pv-1" and len(body["event_ids"]) == 2
+    rejected = {r["index"]: r["errors"] for r in body["rejected"]}
+    assert set(rejected) == {2, 3, 4}
+    assert "payload.amount: expected number, got string '12'" in rejected[2]
+    assert rejected[3] == [
+        "customer_id: does not match the API key's customer; omit it or send your own"
+    ]
+    assert rejected[4] == ["$: expected a JSON object, got string"]
+
+    raw = read_topic(platform, platform.kafka.raw_topic, 2)
+    codec = EventCodec()
+    events = [codec.decode(m.value()) for m in raw]
+    assert [m.key() for m in raw] == [b"acme", b"acme"]
+    assert sorted(e["event_id"] for e in events) == sorted(body["event_ids"])
+    assert all(e["customer_id"] == "acme" and e["received_ts"] > 1.7e12 for e in events)
+    dead = [parse_dead_letter(m) for m in read_topic(platform, platform.kafka.dlq_topic, 3)]
+    assert [orjson.loads(d.value) for d in dead] == batch[2:]  # what the customer sent
+    assert {d.reason for d in dead} == {"validation"} and {d.stage for d in dead} == {"collect"}
+    assert all(d.customer_id == "acme" for d in dead)
+    assert "payload.amount: expected number" in dead[0].detail
+
+
+def test_ndjson_gzip_and_checksums(platform: Settings, keys) -> None:
+    ndjson = b"\n".join(orjson.dumps(example_event("signup", event_id=f"s{i}")) for i in range(5))
+    ndjson += b"\n{broken json\n"
+    body = gzip.compress(ndjson)
+    with running_collector(platform) as (url, _):
+        headers = {
+            **auth(keys["globex"]),
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/x-ndjson",
+            "X-Content-SHA256": hashlib.sha256(body).hexdigest(),
+        }
+        ok = httpx.post(f"{url}/v1/events", content=body, headers=headers)
+        assert ok.status_code == 202, ok.text
+        assert (ok.json()["accepted"], len(ok.json()["rejected"])) == (5, 1)
+        assert ok.json()["rejected"][0]["errors"][0].startswith("$: not valid JSON")
+
+        tampered = httpx.post(
+            f"{url}/v1/events", content=body, headers={**headers, "X-Content-SHA256": "0" * 64}
+        )
+        assert tampered.status_code == 400
+        assert "X-Content-SHA256 does not match" in tampered.json()["error"]
+        not_gzip = httpx.post(
+            f"{url}/v1/events",
+            content=ndjson,
+            headers={**auth(keys["globex"]), "Content-Encoding": "gzip"},
+        )
+        assert not_gzip.status_code == 400 and "not gzip" in not_gzip.json()["error"]
+        brotli = httpx.post(
+            f"{url}/v1/events",
+            content=ndjson,
+            headers={**auth(keys["globex"]), "Content-Encoding": "br"},
+        )
+        assert brotli.status_code == 415
+        not_json = httpx.post(f"{url}/v1/events", content=b"[1, 2", headers=auth(keys["globex"]))
+        assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+    # Only the good request's 5 events and 1 dead letter exist.
+    assert len(read_topic(platform, platform.kafka.raw_topic, 5)) == 5
+    assert len(read_topic(platform, platform.kafka.dlq_topic, 1)) == 1
+
+
+def test_auth_size_limits_and_revocation(platform: Settings, keys) -> None:
+    env = {
+        "EP_COLLECTOR_MAX_BODY_BYTES": "20000",
+        "EP_COLLECTOR_MAX_DECOMPRESSED_BYTES": "50000",
+        "EP_COLLECTOR_KEY_CACHE_S": "0",
+    }
+    one = [example_event("click")]
+    with running_collector(platform, **env) as (url, _):
+        assert httpx.post(f"{url}/v1/events", json=one).status_code == 401
+        assert (
+            httpx.post(
+                f"{url}/v1/events", json=one, headers=auth("ep_000000000000_" + "x" * 43)
+            ).status_code
+            == 401
+        )
+        too_big = httpx.post(f"{url}/v1/events", json=one * 200, headers=auth(keys["acme"]))
+        assert too_big.status_code == 413
+        bomb = gzip.compress(b"[" + b" " * 200_000 + b"]")
+        assert len(bomb) < 20000
+        inflated = httpx.post(
+            f"{url}/v1/events",
+            content=bomb,
+            headers={**auth(keys["acme"]), "Content-Encoding": "gzip"},
+        )
+        assert inflated.status_code == 413 and "decompressed" in inflated.json()["error"]
+
+        assert (
+            httpx.post(f"{url}/v1/events", json=one, headers=auth(keys["acme"])).status_code == 202
+        )
+        key_id = keys["acme"].split("_")[1]
+        CustomerStore(platform.customers_db).revoke(key_id)
+        assert (
+            httpx.post(f"{url}/v1/events", json=one, headers=auth(keys["acme"])).status_code == 401
+        )
+
+
+def test_quota_overflow_and_hard_cap(platform: Settings, keys) -> None:
+    env = {
+        "EP_COLLECTOR_RATE_PER_S": "0.001",
+        "EP_COLLECTOR_BURST": "10",
+        "EP_COLLECTOR_HARD_CAP_PER_S": "0.001",
+        "EP_COLLECTOR_HARD_CAP_BURST": "30",
+    }
+    batch = [example_event("page_view") for _ in range(25)]
+    with running_collector(platform, **env) as (url, _):
+        first = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
+        assert (first.json()["accepted"], first.json()["overflowed"]) == (10, 15)
+        capped = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
+        assert capped.status_code == 429 and int(capped.headers["Retry-After"]) >= 1
+        # Another customer is not affected by acme's flood.
+        other = httpx.post(f"{url}/v1/events", json=batch[:5], headers=auth(keys["globex"]))
+        assert (other.json()["accepted"], other.json()["overflowed"]) == (5, 0)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'collector_events_overflowed_total{customer="acme"} 15' in metrics
+    assert 'collector_requests_total{status="429"} 1' in metrics
+    raw = read_topic(platform, platform.kafka.raw_topic, 15)
+    overflow = read_topic(platform, platform.kafka.overflow_topic, 15)
+    assert sorted(m.key() for m in raw).count(b"acme") == 10 and len(raw) == 15
+    assert len(overflow) == 15 and {m.key() for m in overflow} == {b"acme"}
+
+
+def test_full_buffer_is_503_and_nothing_is_produced(platform: Settings, keys) -> None:
+    # A producer buffer of 5 messages: a batch of 10 cannot fit, so it is refused up front.
+    with running_collector(platform, EP_COLLECTOR_PRODUCER_MAX_MESSAGES="5") as (url, _):
+        busy = httpx.post(
+            f"{url}/v1/events", json=[example_event("click")] * 10, headers=auth(keys["acme"])
+        )
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
+        fits = httpx.post(
+            f"{url}/v1/events?sync=true",
+            json=[example_event("click")] * 3,
+            headers=auth(keys["acme"]),
+        )
+        assert fits.status_code == 202
+        assert fits.json()["delivery"] == {"complete": True, "failed": [], "pending": 0}
+    assert len(read_topic(platform, platform.kafka.raw_topic, 3)) == 3
+
+
+def test_operational_endpoints(platform: Settings, keys) -> None:
+    with running_collector(platform) as (url, _):
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+        document = httpx.get(f"{url}/openapi.json").json()
+        assert set(document["paths"]["/v1/events"]["post"]["responses"]) >= {
+            "202",
+            "400",
+            "401",
+            "413",
+            "429",
+            "503",
+        }
+        httpx.post(
+            f"{url}/v1/events", json=[example_event("bid")] * 4, headers=auth(keys["globex"])
+        )
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'collector_events_accepted_total{customer="globex"} 4' in metrics
+    assert "collector_producer_buffer_fill" in metrics
+    assert "collector_produce_latency_seconds_count" in metrics
+
+
+def test_sigterm_flushes_every_accepted_event(platform: Settings, keys) -> None:
+    batches, accepted = 20, 0
+    with running_collector(platform) as (url, process):
+        with httpx.Client() as client:
+            for b in range(batches):
+                events = [example_event("page_view", event_id=f"b{b}-{i}") for i in range(250)]
+                response = client.post(f"{url}/v1/events", json=events, headers=auth(keys["acme"]))
+                accepted += response.json()["accepted"]
+        process.send_signal(signal.SIGTERM)  # right away: the producer still holds events
+        # uvicorn shuts down gracefully, then re-raises the signal: status -SIGTERM.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        log = process.stdout.read().decode()
+    assert accepted == 5000
+    assert "every accepted event reached the broker" in log
+    ids = {
+        EventCodec().decode(m.value())["event_id"]
+        for m in read_topic(platform, platform.kafka.raw_topic, accepted)
+    }
+    assert len(ids) == accepted
+
+
+def test_customer_cli_and_ndjson_replay(platform: Settings, tmp_path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "eventplatform.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+
+    added = cli("customers", "add", "initech")
+    assert added.returncode == 0 and added.stdout.startswith("ep_")
+    assert cli("customers", "add", "initech").returncode == 1
+    assert "must be 1-63 lowercase" in cli("customers", "add", "Bad Name!").stderr
+    key_id = added.stdout.strip().split("_")[1]
+    listed = cli("customers", "list").stdout
+    assert "initech" in listed and f"key {key_id}" in listed and "active" in listed
+    assert cli("customers", "revoke", key_id).returncode == 0
+    assert "revoked" in cli("customers", "list").stdout
+    assert cli("customers", "revoke", key_id).returncode == 1
+
+    replay = tmp_path / "events.ndjson"
+    lines = [orjson.dumps(example_event("purchase", event_id=f"r{i}")) for i in range(7)]
+    replay.write_bytes(b"\n".join([*lines, b'{"event_type": "nope"}']) + b"\n")
+    done = cli("ingest", str(replay), "--customer", "initech", "--batch", "3")
+    assert done.returncode == 0, done.stderr
+    assert "7 accepted, 1 rejected" in done.stdout
+    assert len(read_topic(platform, platform.kafka.raw_topic, 7)) == 7

@@ -1,0 +1,90 @@
+"""Reconciliation by offsets: landed, dead-lettered, pending, missing and duplicated, exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from confluent_kafka import TopicPartition
+
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.events import EventCodec
+from eventplatform.events.arrow import events_to_arrow
+from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
+from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
+from eventplatform.kafka.topics import TopicSpec, ensure_topics
+from eventplatform.reconcile import format_table, reconcile
+from eventplatform.settings import REPO_ROOT
+from eventplatform_tests.helpers import decoded_event
+
+
+def test_reconcile_accounts_for_every_message(bootstrap: str, unique: str, tmp_path: Path):
+    raw, dlq, group = f"raw.{unique}", f"dlq.{unique}", f"land-{unique}"
+    ensure_topics(make_admin(bootstrap), [TopicSpec(raw, 1, 1, {}), TopicSpec(dlq, 1, 1, {})])
+    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_rec")
+    clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+    since = datetime.now(UTC) - timedelta(seconds=5)
+
+    codec, producer = EventCodec(), make_producer(bootstrap)
+    sent: list[tuple[str, dict | None]] = []
+    for i in range(20):
+        customer = "alpha" if i < 12 else "beta"
+        if i in (3, 15):  # poison: not Avro
+            sent.append((customer, None))
+            producer.produce(raw, key=customer.encode(), value=b"garbage")
+        else:
+            event = decoded_event("click", customer, datetime.now(UTC), event_id=f"e{i}")
+            sent.append((customer, event))
+            producer.produce(raw, key=customer.encode(), value=codec.encode(event))
+    send_dead_letter(
+        producer,
+        dlq,
+        DeadLetter("validation", "colour: unknown field", "collect", b"{}", customer_id="beta"),
+    )
+    assert producer.flush(30) == 0
+
+    # The landing job processed offsets 0..15: landed the good ones, except offset 7 (lost!),
+    # landed offset 9 twice (duplicate), dead-lettered 3 and 15, committed 16.
+    good = [
+        (offset, event)
+        for offset, (_, event) in enumerate(sent[:16])
+        if event is not None and offset != 7
+    ]
+    rows = [e for _, e in good] + [sent[9][1]]
+    offsets = [o for o, _ in good] + [9]
+    with clickhouse.session() as client:
+        client.insert_arrow("ep_rec.events", events_to_arrow(rows, raw, 0, offsets, 0))
+    for offset in (3, 15):
+        send_dead_letter(
+            producer,
+            dlq,
+            DeadLetter(
+                "bad_marker",
+                "expected c301",
+                "land",
+                b"garbage",
+                customer_id=sent[offset][0],
+                source_topic=raw,
+                source_partition=0,
+                source_offset=offset,
+            ),
+        )
+    assert producer.flush(30) == 0
+    consumer = make_consumer(bootstrap, group)
+    consumer.commit(offsets=[TopicPartition(raw, 0, 16)], asynchronous=False)
+    consumer.close()
+
+    result = reconcile(bootstrap, clickhouse, [raw], dlq, group, since)
+    by_customer = result.by_customer()
+    alpha, beta = by_customer["alpha"], by_customer["beta"]
+    assert (alpha.in_kafka, alpha.landed, alpha.dead_landing, alpha.pending) == (12, 10, 1, 0)
+    assert (alpha.unaccounted, alpha.duplicates) == (1, 1)  # offset 7 lost, 9 twice
+    assert (beta.in_kafka, beta.landed, beta.dead_landing, beta.pending) == (8, 3, 1, 4)
+    assert (beta.unaccounted, beta.rejected_at_intake) == (0, 1)
+    problems = result.problems()
+    assert len(problems) == 2
+    assert "alpha" in problems[0] and "1 messages neither landed, dead-lettered nor pending" in (
+        problems[0] + problems[1]
+    )
+    table = format_table(result)
+    assert table.splitlines()[-1].split() == ["total", "20", "0", "13", "2", "4", "1", "1", "1"]
