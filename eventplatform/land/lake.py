@@ -1,0 +1,129 @@
+"""The Parquet lake: hive-partitioned files with names that say exactly what they hold.
+
+Layout (``lake_dir`` is ``$EP_DATA_DIR/lake`` by default)::
+
+    events/event_date=2026-11-23/event_hour=10/events.raw+3+1200-1899.parquet
+    dead_letters/dead_date=2026-11-23/events.dlq+0+40-57.parquet
+
+A file name carries the source topic, partition and the *batch's* offset range for that
+partition (a batch that spans two hours writes two files with the same range, each holding
+its hour's rows). Names are deterministic, so a batch replayed after a crash rewrites the
+same files instead of adding new ones: the lake holds every event once. Each file is written
+to a hidden temporary name in its folder and renamed, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+EVENTS_DIR = "events"
+DEAD_LETTERS_DIR = "dead_letters"
+TMP_PREFIX = ".tmp-"
+MS_PER_HOUR = 3_600_000
+
+
+@dataclass(frozen=True)
+class OffsetRange:
+    """The offsets of one partition that a batch took, both ends included."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    def file_stem(self) -> str:
+        return f"{self.topic}+{self.partition}+{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    rows: int
+    bytes: int
+
+
+def write_events(
+    lake_dir: Path, table: pa.Table, ranges: Iterable[OffsetRange]
+) -> list[WrittenFile]:
+    """Write landed events (``landed_schema()``) as one file per partition, date and hour."""
+    hours = pc.divide(
+        pc.cast(pc.cast(table.column("event_ts"), pa.timestamp("ms")), pa.int64()),
+        MS_PER_HOUR,
+    ).to_numpy(zero_copy_only=False)
+    return _write_grouped(
+        lake_dir / EVENTS_DIR,
+        table,
+        ranges,
+        hours,
+        lambda hour: f"event_date={_date(hour)}/event_hour={hour % 24:02d}",
+    )
+
+
+def write_dead_letters(
+    lake_dir: Path, table: pa.Table, ranges: Iterable[OffsetRange]
+) -> list[WrittenFile]:
+    """Write landed dead letters (``DEAD_LETTER_SCHEMA``), one file per partition and day."""
+    hours = pc.divide(
+        pc.cast(pc.cast(table.column("dead_ts"), pa.timestamp("ms")), pa.int64()),
+        MS_PER_HOUR,
+    ).to_numpy(zero_copy_only=False)
+    days = (hours // 24) * 24
+    return _write_grouped(
+        lake_dir / DEAD_LETTERS_DIR, table, ranges, days, lambda h: f"dead_date={_date(h)}"
+    )
+
+
+def _date(hour_since_epoch: int) -> str:
+    return str(np.datetime64(int(hour_since_epoch), "h").astype("datetime64[D]"))
+
+
+def _write_grouped(root, table, ranges, hours, folder_of) -> list[WrittenFile]:
+    """One file per source partition and time bucket; ``ranges`` are of one topic."""
+    by_partition = {r.partition: r for r in ranges}
+    if len({r.topic for r in by_partition.values()}) > 1:
+        raise ValueError("a batch comes from one topic")
+    partitions = table.column("kafka_partition").to_numpy(zero_copy_only=False)
+    written = []
+    for partition, offsets in sorted(by_partition.items()):
+        in_partition = partitions == partition
+        for hour in np.unique(hours[in_partition]):
+            mask = in_partition & (hours == hour)
+            part = table.filter(pa.array(mask))
+            folder = root / folder_of(int(hour))
+            written.append(_write_atomically(folder / f"{offsets.file_stem()}.parquet", part))
+    return written
+
+
+def _write_atomically(path: Path, table: pa.Table) -> WrittenFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return WrittenFile(path, table.num_rows, size)
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Temporary files a crashed writer left behind (never visible to readers)."""
+    removed = 0
+    for tmp in root.rglob(f"{TMP_PREFIX}*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
