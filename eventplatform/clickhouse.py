@@ -15,9 +15,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+if TYPE_CHECKING:
+    from eventplatform.settings import Settings
 
 
 class ClickHouse:
@@ -75,3 +79,10 @@ def split_statements(sql: str) -> list[str]:
     """Statements of a DDL file: split on ``;`` at line ends, ``--`` comments dropped."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
+
+
+def platform_clickhouse(settings: Settings) -> ClickHouse:
+    """The platform's ClickHouse (from settings), with the DDL in ``sql/clickhouse`` applied."""
+    clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
+    return clickhouse

@@ -137,6 +137,34 @@ class BudgetSettings(BaseSettings):
     signal_reread_s: float = 30.0
 
 
+class LandSettings(BaseSettings):
+    """Landing: how topics are split into shards, and how big a micro-batch may grow."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_LAND_", extra="ignore")
+
+    group_id: str = Field(
+        default="eventplatform-land", description="The consumer group whose offsets land."
+    )
+    raw_shards: int = Field(default=4, description="Shards of events.raw: partition % shards.")
+    overflow_shards: int = 1
+    dlq_shards: int = 1
+    batch_max_records: int = 50_000
+    batch_max_bytes: int = 32 * 1024 * 1024
+    batch_max_wait_s: float = Field(
+        default=1.0, description="A batch is closed this long after its first message."
+    )
+    idle_stop_s: float = Field(
+        default=60.0, description="A landing run ends after this long without messages."
+    )
+    max_run_s: float = Field(
+        default=3600.0, description="A landing run ends after this long; the sensor starts another."
+    )
+    consumer_queue_kbytes: int = Field(
+        default=32 * 1024, description="librdkafka's prefetch queue bound (memory)."
+    )
+    sensor_interval_s: int = 10
+
+
 class QualitySettings(BaseSettings):
     """Thresholds of the quality checks, and where their alerts go.
 
@@ -186,6 +214,7 @@ class Settings:
         self.dagster = DagsterSettings()
         self.collector = CollectorSettings()
         self.budgets = BudgetSettings()
+        self.land = LandSettings()
         self.quality = QualitySettings()
 
     @property
@@ -232,6 +261,7 @@ class Settings:
             "dagster",
             "collector",
             "budgets",
+            "land",
             "quality",
         ):
             for key, value in getattr(self, section).model_dump().items():

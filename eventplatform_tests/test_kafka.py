@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from eventplatform.events import EventCodec, EventValidator
@@ -161,8 +162,12 @@ def _wait_for_config(admin, topic: str, key: str, value: str) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
-        if next(iter(described.values())).result()[key].value == value:
-            return
+        try:
+            if next(iter(described.values())).result()[key].value == value:
+                return
+        except KafkaException as exc:  # a topic just created is not known everywhere yet
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
         time.sleep(0.1)
     raise AssertionError(f"{topic} {key} never became {value}")
 

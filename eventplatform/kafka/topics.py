@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -136,9 +136,24 @@ def _check(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> dict
     if not specs:
         return {}
     metadata = admin.list_topics(timeout=timeout_s)
-    described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs])
-    configs = {resource.name: future.result() for resource, future in described.items()}
+    configs = _describe_configs(admin, [s.name for s in specs], timeout_s)
     return {s.name: _compare(s, metadata.topics[s.name], configs[s.name]) for s in specs}
+
+
+def _describe_configs(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, dict]:
+    """Topic configurations; a topic created a moment ago may not be known to every broker."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in names])
+        try:
+            return {resource.name: future.result() for resource, future in described.items()}
+        except KafkaException as exc:
+            if (
+                exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                or time.monotonic() > deadline
+            ):
+                raise
+            time.sleep(0.2)
 
 
 def _compare(spec: TopicSpec, topic_meta, configs: dict) -> TopicReport:

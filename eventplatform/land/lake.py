@@ -2,7 +2,7 @@
 
 Layout (``lake_dir`` is ``$EP_DATA_DIR/lake`` by default)::
 
-    events/event_date=2026-11-23/event_hour=10/events.raw+3+1200-1899.parquet
+    events/event_date=2026-11-23/event_hour=9/events.raw+3+1200-1899.parquet
     dead_letters/dead_date=2026-11-23/events.dlq+0+40-57.parquet
 
 A file name carries the source topic, partition and the *batch's* offset range for that
@@ -68,7 +68,7 @@ def write_events(
         table,
         ranges,
         hours,
-        lambda hour: f"event_date={_date(hour)}/event_hour={hour % 24:02d}",
+        lambda hour: f"event_date={_date(hour)}/event_hour={hour % 24}",
     )
 
 
@@ -120,10 +120,14 @@ def _write_atomically(path: Path, table: pa.Table) -> WrittenFile:
     return WrittenFile(path, table.num_rows, size)
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Temporary files a crashed writer left behind (never visible to readers)."""
+def remove_stale_temporaries(root: Path, stem_prefix: str = "") -> int:
+    """Temporary files a crashed writer left behind (never visible to readers).
+
+    ``stem_prefix`` (``"<topic>+<partition>+"``) limits it to one partition's files, so a run
+    never removes what another shard's run is writing right now.
+    """
     removed = 0
-    for tmp in root.rglob(f"{TMP_PREFIX}*"):
+    for tmp in root.rglob(f"{TMP_PREFIX}*-{stem_prefix}*"):
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed

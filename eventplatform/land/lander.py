@@ -1,0 +1,435 @@
+"""A landing run for one shard: Kafka micro-batches into the Parquet lake and ClickHouse.
+
+Exactly once in effect, whatever point a crash hits. For each micro-batch:
+
+1. the batch's offset ranges (first and last offset per partition) are written to a
+   *manifest* before anything else;
+2. the messages are decoded; undecodable ones become dead letters;
+3. the Parquet files are written (deterministic names from the ranges, atomic rename);
+4. the rows are inserted into ClickHouse with ``insert_deduplication_token`` derived from the
+   ranges (the table keeps a deduplication window, so the same token twice is one insert);
+5. the dead letters are produced and flushed, then the offsets (last + 1) are committed;
+6. the manifest is removed.
+
+A run that starts and finds a manifest replays exactly those ranges first (unless the offsets
+show it was committed), so it rebuilds the same batch: the same file names replace the same
+files and the same token makes ClickHouse drop the repeat. A dead letter can be produced twice
+(a crash between 5's flush and commit); it carries its source offset, and whoever reads the
+DLQ counts positions, not messages.
+
+One run per shard at a time is the orchestrator's job (the Dagster sensor and a tag
+concurrency limit). Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.kafka.clients import committed_offsets, make_consumer, make_producer
+from eventplatform.kafka.dlq import send_dead_letter
+from eventplatform.land.batches import RowBuilder
+from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
+from eventplatform.settings import LandSettings
+
+CRASH_ENV = "EP_LAND_CRASH_AT"
+COST_EVENT_TYPES = pa.array(["impression", "ad_click", "conversion"])
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash tests: die here, as ``kill -9`` would, when asked to."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def shard_partitions(partitions: list[int], shard: int, shards: int) -> list[int]:
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+    return [p for p in sorted(partitions) if p % shards == shard]
+
+
+@dataclass
+class BatchReport:
+    """One landed micro-batch: what the orchestrator records as materializations."""
+
+    topic: str
+    shard: int
+    kind: str
+    ranges: list[OffsetRange]
+    rows: int
+    dead_letters: int
+    files: list[WrittenFile]
+    lag: int  # messages of the shard still behind the batch
+    latency_p50_ms: float | None  # received -> landed, events only
+    latency_p99_ms: float | None
+    cost_events: int  # impressions, ad clicks, conversions: spend may have changed
+    seconds: float
+    replayed: bool = False
+
+    @property
+    def messages(self) -> int:
+        return sum(r.count for r in self.ranges)
+
+    @property
+    def parquet_bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+
+@dataclass
+class RunSummary:
+    batches: int = 0
+    rows: int = 0
+    dead_letters: int = 0
+    replayed_batches: int = 0
+    stopped_because: str = ""
+    reports: list[BatchReport] = field(default_factory=list, repr=False)
+
+
+class Manifest:
+    """The ranges of the batch in flight, written before the sinks and removed after commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, ranges: list[OffsetRange]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = [[r.topic, r.partition, r.first, r.last] for r in ranges]
+        with open(tmp, "w") as f:
+            json.dump({"ranges": body, "written_ms": int(time.time() * 1000)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def read(self) -> list[OffsetRange] | None:
+        if not self.path.exists():
+            return None
+        data = json.loads(self.path.read_text())
+        return [OffsetRange(t, p, first, last) for t, p, first, last in data["ranges"]]
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class ShardLander:
+    """Lands one shard of one topic until told to stop, idle, or out of time."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        shard: int,
+        shards: int,
+        rows: RowBuilder,
+        lake_dir: Path,
+        clickhouse: ClickHouse,
+        dlq_topic: str,
+        settings: LandSettings,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.shard = shard
+        self.shards = shards
+        self.rows = rows
+        self.lake_dir = lake_dir
+        self.clickhouse = clickhouse
+        self.dlq_topic = dlq_topic
+        self.settings = settings
+        self.manifest = Manifest(
+            lake_dir / "_landing" / settings.group_id / f"{topic}.shard-{shard}-of-{shards}.json"
+        )
+        self.partitions: list[int] = []
+        self.log: Callable[[str], None] = lambda line: None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(
+        self,
+        on_batch: Callable[[BatchReport], None] = lambda report: None,
+        should_stop: Callable[[], bool] = lambda: False,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> RunSummary:
+        s = self.settings
+        consumer = make_consumer(
+            self.bootstrap,
+            s.group_id,
+            **{"queued.max.messages.kbytes": s.consumer_queue_kbytes},
+        )
+        producer = make_producer(self.bootstrap)
+        self.log = log
+        summary = RunSummary()
+        started = last_message = time.monotonic()
+        try:
+            self.partitions = self._shard_partitions(consumer)
+            if not self.partitions:
+                summary.stopped_because = "the shard has no partitions"
+                return summary
+            stale = sum(
+                remove_stale_temporaries(
+                    self.lake_dir / self.rows.lake_folder, f"{self.topic}+{p}+"
+                )
+                for p in self.partitions
+            )
+            if stale:
+                log(f"removed {stale} temporary files a crashed run left")
+            replay = self._pending_batch(consumer)
+            if replay is not None:
+                log(f"replaying the batch a previous run did not finish: {replay}")
+                messages = self._read_exactly(consumer, replay)
+                self._finish(self._land(consumer, producer, messages, True), summary, on_batch)
+            consumer.assign(self._committed_positions(consumer))
+            while True:
+                if should_stop():
+                    summary.stopped_because = "asked to stop"
+                    break
+                now = time.monotonic()
+                if now - started >= s.max_run_s:
+                    summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
+                    break
+                messages = self._collect(consumer)
+                if not messages:
+                    if time.monotonic() - last_message >= s.idle_stop_s:
+                        summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
+                        break
+                    continue
+                last_message = time.monotonic()
+                self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
+            return summary
+        finally:
+            consumer.close()
+
+    def _committed_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        """Where to start: the group's committed offsets, the beginning where there is none."""
+        tps = [TopicPartition(self.topic, p) for p in self.partitions]
+        return [
+            TopicPartition(
+                self.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            )
+            for tp in committed_offsets(consumer, tps, 60)
+        ]
+
+    def _finish(self, report: BatchReport, summary: RunSummary, on_batch) -> None:
+        summary.batches += 1
+        summary.rows += report.rows
+        summary.dead_letters += report.dead_letters
+        summary.replayed_batches += report.replayed
+        on_batch(report)
+
+    def _shard_partitions(self, consumer: Consumer) -> list[int]:
+        metadata = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            error = metadata.error if metadata is not None else "missing"
+            raise RuntimeError(f"topic {self.topic} cannot be read: {error}")
+        return shard_partitions(list(metadata.partitions), self.shard, self.shards)
+
+    # -- one batch --------------------------------------------------------------------------
+
+    def _collect(self, consumer: Consumer) -> list[Message]:
+        """Up to the batch limits: records, bytes, and wait time from the first message."""
+        s = self.settings
+        messages: list[Message] = []
+        size = 0
+        deadline: float | None = None
+        while len(messages) < s.batch_max_records and size < s.batch_max_bytes:
+            timeout = 0.5 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            wanted = min(10_000, s.batch_max_records - len(messages))
+            for message in consumer.consume(num_messages=wanted, timeout=timeout):
+                if message.error() is not None:
+                    _raise_unless_transient(message.error(), self.log)
+                    continue
+                messages.append(message)
+                size += len(message.value() or b"")
+            if not messages:
+                return messages  # nothing for half a second: the caller checks stop and idle
+            if deadline is None:
+                deadline = time.monotonic() + s.batch_max_wait_s
+        return messages
+
+    def _land(
+        self, consumer: Consumer, producer, messages: list[Message], replayed: bool
+    ) -> BatchReport:
+        t0 = time.monotonic()
+        ranges = offset_ranges(messages)
+        self.manifest.write(ranges)
+        crashpoint("after_manifest")
+
+        landed_ms = int(time.time() * 1000)
+        table, dead = self.rows.build(messages, landed_ms)
+        crashpoint("after_decode")
+
+        files = self.rows.write_lake(self.lake_dir, table, ranges) if table.num_rows else []
+        crashpoint("after_parquet")
+
+        if table.num_rows:
+            with self.clickhouse.session() as client:
+                client.insert_arrow(
+                    f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
+                    table,
+                    settings={"insert_deduplication_token": dedup_token(ranges)},
+                )
+        crashpoint("after_clickhouse")
+
+        for letter in dead:
+            send_dead_letter(producer, self.dlq_topic, letter)
+        if dead and producer.flush(60) != 0:
+            raise RuntimeError(f"{len(dead)} dead letters not acknowledged by the broker")
+        crashpoint("after_dead_letters")
+
+        commit = [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges]
+        for tp in consumer.commit(offsets=commit, asynchronous=False) or []:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        crashpoint("after_commit")
+        self.manifest.clear()
+
+        done_ms = int(time.time() * 1000)
+        p50, p99 = _latency(table, done_ms)
+        return BatchReport(
+            topic=self.topic,
+            shard=self.shard,
+            kind=self.rows.kind,
+            ranges=ranges,
+            rows=table.num_rows,
+            dead_letters=len(dead),
+            files=files,
+            lag=self._lag(consumer, ranges),
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
+            cost_events=_cost_events(table),
+            seconds=time.monotonic() - t0,
+            replayed=replayed,
+        )
+
+    def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:
+        """Behind the batch, from the watermarks the fetches brought (no extra round trip)."""
+        done = {r.partition: r.last + 1 for r in ranges}
+        lag = 0
+        for p in self.partitions:
+            tp = TopicPartition(self.topic, p)
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            position = done.get(p)
+            if position is None:
+                position = consumer.position([tp])[0].offset
+            if high >= 0 and position >= 0:
+                lag += max(0, high - position)
+        return lag
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _pending_batch(self, consumer: Consumer) -> list[OffsetRange] | None:
+        """The manifest's ranges if their batch was not committed, else None (and clear it)."""
+        ranges = self.manifest.read()
+        if ranges is None:
+            return None
+        committed = committed_offsets(
+            consumer, [TopicPartition(self.topic, r.partition) for r in ranges], 30
+        )
+        # One commit covers the whole batch, so one partition past its range means all are.
+        if any(tp.offset > r.last for tp, r in zip(committed, ranges, strict=True)):
+            self.manifest.clear()
+            return None
+        return ranges
+
+    def _read_exactly(
+        self, consumer: Consumer, ranges: list[OffsetRange], timeout_s: float = 120
+    ) -> list[Message]:
+        """The messages of exactly these ranges, in the order Kafka gives them."""
+        consumer.assign([TopicPartition(r.topic, r.partition, r.first) for r in ranges])
+        last = {r.partition: r.last for r in ranges}
+        open_partitions = set(last)
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while open_partitions:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"replaying {ranges}: partitions {sorted(open_partitions)} did not reach "
+                    f"their last offset in {timeout_s:.0f}s (deleted by retention?)"
+                )
+            for message in consumer.consume(num_messages=10_000, timeout=0.5):
+                if message.error() is not None:
+                    _raise_unless_transient(message.error(), self.log)
+                    continue
+                p = message.partition()
+                if p in open_partitions and message.offset() <= last[p]:
+                    messages.append(message)
+                    if message.offset() == last[p]:
+                        open_partitions.discard(p)
+        consumer.unassign()
+        if offset_ranges(messages) != ranges:
+            raise RuntimeError(f"replay read {offset_ranges(messages)}, expected {ranges}")
+        return messages
+
+
+_FATAL_CODES = {
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.OFFSET_OUT_OF_RANGE,
+}
+
+
+def _raise_unless_transient(error: KafkaError, log: Callable[[str], None]) -> None:
+    """librdkafka reports and retries transient errors itself; fail only on what won't heal."""
+    if error.code() == KafkaError._PARTITION_EOF:
+        return
+    if error.fatal() or error.code() in _FATAL_CODES:
+        raise KafkaException(error)
+    log(f"kafka (retrying): {error}")
+
+
+def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
+    """First and last offset per partition, in partition order."""
+    bounds: dict[int, list[int]] = {}
+    topic = messages[0].topic()
+    for message in messages:
+        offset = message.offset()
+        b = bounds.get(message.partition())
+        if b is None:
+            bounds[message.partition()] = [offset, offset]
+        else:
+            b[0] = min(b[0], offset)
+            b[1] = max(b[1], offset)
+    return [OffsetRange(topic, p, first, last) for p, (first, last) in sorted(bounds.items())]
+
+
+def dedup_token(ranges: list[OffsetRange]) -> str:
+    """The same batch, the same token: ClickHouse drops a repeated insert."""
+    return f"{ranges[0].topic}:" + ",".join(f"{r.partition}:{r.first}-{r.last}" for r in ranges)
+
+
+def _latency(table: pa.Table, done_ms: int) -> tuple[float | None, float | None]:
+    if "received_ts" not in table.column_names or table.num_rows == 0:
+        return None, None
+    received = pc.cast(pc.cast(table.column("received_ts"), pa.timestamp("ms")), pa.int64())
+    latency = done_ms - received.to_numpy(zero_copy_only=False)
+    p50, p99 = np.percentile(latency, [50, 99])
+    return float(p50), float(p99)
+
+
+def _cost_events(table: pa.Table) -> int:
+    if "event_type" not in table.column_names or table.num_rows == 0:
+        return 0
+    return int(
+        pc.sum(pc.is_in(table.column("event_type"), value_set=COST_EVENT_TYPES)).as_py() or 0
+    )

@@ -1,0 +1,186 @@
+"""Landing on the real broker: what was produced is in the lake and in ClickHouse, once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pytest
+from confluent_kafka import TopicPartition
+
+from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.events import EventCodec
+from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
+from eventplatform.kafka.dlq import parse_dead_letter
+from eventplatform.kafka.topics import ensure_topics, platform_topics
+from eventplatform.land.lander import BatchReport, shard_partitions
+from eventplatform.land.sources import build_lander
+from eventplatform.settings import Settings
+from eventplatform_tests.helpers import decoded_event
+
+
+def produce_events(settings: Settings, n: int, start: int = 0, codec: EventCodec | None = None):
+    """``n`` events spread over customers, hours and types; returns them by event_id."""
+    codec = codec or EventCodec()
+    producer = make_producer(settings.kafka.bootstrap)
+    base = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)
+    sent = {}
+    types = ["page_view", "click", "impression", "ad_click", "purchase", "bid"]
+    for i in range(start, start + n):
+        customer = f"cust-{i % 3}"
+        event = decoded_event(
+            types[i % len(types)],
+            customer,
+            datetime.now(UTC),
+            event_id=f"ev-{i:06d}",
+            event_ts=int((base + timedelta(minutes=7 * i)).timestamp() * 1000),
+        )
+        sent[event["event_id"]] = event
+        producer.produce(settings.kafka.raw_topic, key=customer.encode(), value=codec.encode(event))
+    assert producer.flush(30) == 0
+    return sent
+
+
+def lake_rows(settings: Settings, folder: str = "events") -> list[tuple]:
+    pattern = settings.lake_dir / folder / "**" / "*.parquet"
+    return duckdb.sql(
+        f"SELECT event_id, customer_id, event_type, event_ts, event_date, event_hour "
+        f"FROM read_parquet('{pattern}', hive_partitioning = true) ORDER BY event_id"
+    ).fetchall()
+
+
+def clickhouse_count(settings: Settings, sql: str) -> list[tuple]:
+    clickhouse = platform_clickhouse(settings)
+    with clickhouse.session() as client:
+        return client.query(sql.format(db=clickhouse.database)).result_rows
+
+
+@pytest.fixture
+def topics(platform_env: Settings) -> Settings:
+    ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
+    platform_env.land.idle_stop_s = 2.0
+    platform_env.land.batch_max_wait_s = 0.3
+    return platform_env
+
+
+def land_all(settings: Settings, source: str = "raw") -> list[BatchReport]:
+    reports: list[BatchReport] = []
+    shards = {"raw": settings.land.raw_shards, "dlq": settings.land.dlq_shards}[source]
+    for shard in range(shards):
+        build_lander(settings, source, shard).run(on_batch=reports.append)
+    return reports
+
+
+def test_shards_split_partitions_without_overlap() -> None:
+    owned = [shard_partitions(list(range(12)), s, 4) for s in range(4)]
+    assert owned == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
+    with pytest.raises(ValueError, match=r"shard must be in 0\.\.3"):
+        shard_partitions(list(range(12)), 4, 4)
+
+
+def test_lands_what_was_produced_in_the_lake_and_clickhouse(topics: Settings) -> None:
+    settings = topics
+    sent = produce_events(settings, 300)
+    reports = land_all(settings)
+
+    assert sum(r.rows for r in reports) == 300
+    assert all(r.dead_letters == 0 and r.lag == 0 for r in reports)
+    assert all(r.latency_p99_ms is not None and r.latency_p99_ms > 0 for r in reports)
+    rows = lake_rows(settings)
+    assert [r[0] for r in rows] == sorted(sent)
+    for event_id, customer, event_type, event_ts, event_date, event_hour in rows:
+        event = sent[event_id]
+        assert (customer, event_type) == (event["customer_id"], event["event_type"])
+        assert int(event_ts.timestamp() * 1000) == event["event_ts"]
+        assert (str(event_date), event_hour) == (f"{event_ts:%Y-%m-%d}", event_ts.hour)
+    # Files are named by topic, partition and the batch's offset range.
+    names = sorted(p.name for p in (settings.lake_dir / "events").rglob("*.parquet"))
+    assert all(n.startswith(f"{settings.kafka.raw_topic}+") for n in names)
+
+    ch = clickhouse_count(
+        settings,
+        "SELECT count(), uniqExact(event_id), sum(cost) FROM {db}.events",
+    )
+    expected_cost = sum(e["payload"].get("cost", 0) or 0 for e in sent.values())
+    assert ch[0][:2] == (300, 300)
+    assert ch[0][2] == pytest.approx(expected_cost)
+
+    # The group's offsets are committed: nothing left, and a second pass lands nothing.
+    consumer = make_consumer(settings.kafka.bootstrap, settings.land.group_id)
+    committed = consumer.committed(
+        [TopicPartition(settings.kafka.raw_topic, p) for p in range(4)], timeout=10
+    )
+    consumer.close()
+    assert sum(max(0, tp.offset) for tp in committed) == 300  # no commit yet: -1001
+    assert land_all(settings) == []
+
+
+def test_poison_messages_go_to_the_dlq_and_the_batch_goes_on(topics: Settings) -> None:
+    settings = topics
+    good = produce_events(settings, 20)
+    producer = make_producer(settings.kafka.bootstrap)
+    poison = {
+        b"not avro at all": "bad_marker",
+        b"\xc3\x01" + b"\x00" * 8 + b"body": "unknown_schema",
+        EventCodec().encode(next(iter(good.values())))[:14]: "truncated",
+        b"": "empty",
+    }
+    for value in poison:
+        producer.produce(settings.kafka.raw_topic, key=b"cust-0", value=value)
+    assert producer.flush(10) == 0
+
+    reports = land_all(settings)
+    assert sum(r.rows for r in reports) == 20
+    assert sum(r.dead_letters for r in reports) == 4
+
+    consumer = make_consumer(settings.kafka.bootstrap, "dlq-reader")
+    consumer.subscribe([settings.kafka.dlq_topic])
+    letters = []
+    while len(letters) < 4:
+        message = consumer.poll(10)
+        assert message is not None, f"only {len(letters)} dead letters"
+        letters.append(parse_dead_letter(message))
+    consumer.close()
+    assert {letter.value: letter.reason for letter in letters} == poison
+    assert all(letter.stage == "land" and letter.customer_id == "cust-0" for letter in letters)
+    assert all(letter.source_topic == settings.kafka.raw_topic for letter in letters)
+    assert len({(letter.source_partition, letter.source_offset) for letter in letters}) == 4
+
+    # The DLQ is landed too: dead letters in the lake and ClickHouse, with their reasons.
+    assert sum(r.rows for r in land_all(settings, "dlq")) == 4
+    by_reason = clickhouse_count(
+        settings, "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason ORDER BY reason"
+    )
+    assert by_reason == sorted((reason, 1) for reason in poison.values())
+    in_lake = duckdb.sql(
+        f"SELECT count() FROM read_parquet('{settings.lake_dir}/dead_letters/**/*.parquet')"
+    ).fetchall()[0]
+    assert in_lake == (4,)
+
+
+def test_v1_and_v2_writers_on_one_topic_both_land(topics: Settings) -> None:
+    settings = topics
+    v1 = produce_events(settings, 10, codec=EventCodec(writer_version=1))
+    v2 = produce_events(settings, 10, start=10)
+    assert sum(r.rows for r in land_all(settings)) == 20
+    versions = clickhouse_count(
+        settings, "SELECT schema_version, count() FROM {db}.events GROUP BY 1 ORDER BY 1"
+    )
+    assert versions == [(1, 10), (2, 10)]
+    assert len(lake_rows(settings)) == len(v1) + len(v2)
+
+
+def test_a_batch_spanning_hours_writes_a_file_per_hour_with_one_name(topics: Settings) -> None:
+    settings = topics
+    produce_events(settings, 30)  # 7 minutes apart: 30 events span 4 hours
+    reports = land_all(settings)
+    files = list((settings.lake_dir / "events").rglob("*.parquet"))
+    assert len({f.parent.name for f in files}) == 4
+    # One batch, one partition: the same name (its offset range) in each hour's folder.
+    stems = {r.file_stem() for report in reports for r in report.ranges}
+    assert {f.stem for f in files} == stems
+    assert len(files) > len(stems)
+    counts = [
+        duckdb.sql(f"SELECT count() FROM read_parquet('{f}')").fetchall()[0][0] for f in files
+    ]
+    assert sum(counts) == 30
