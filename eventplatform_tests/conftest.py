@@ -74,3 +74,15 @@ def platform_env(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def topics(platform_env: Settings) -> Settings:
+    """``platform_env`` with the platform's topics created, and landing runs that end soon."""
+    from eventplatform.kafka.clients import make_admin
+    from eventplatform.kafka.topics import ensure_topics, platform_topics
+
+    ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
+    platform_env.land.idle_stop_s = 1.0
+    platform_env.land.batch_max_wait_s = 0.3
+    return platform_env

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
 
-from eventplatform.budgets.cli import SAMPLE_CAMPAIGNS, platform_clickhouse
+from eventplatform.budgets.cli import SAMPLE_CAMPAIGNS
+from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.settings import REPO_ROOT, Settings

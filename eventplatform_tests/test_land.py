@@ -10,9 +10,8 @@ from confluent_kafka import TopicPartition
 
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.events import EventCodec
-from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
+from eventplatform.kafka.clients import make_consumer, make_producer
 from eventplatform.kafka.dlq import parse_dead_letter
-from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.land.lander import BatchReport, shard_partitions
 from eventplatform.land.sources import build_lander
 from eventplatform.settings import Settings
@@ -53,14 +52,6 @@ def clickhouse_count(settings: Settings, sql: str) -> list[tuple]:
     clickhouse = platform_clickhouse(settings)
     with clickhouse.session() as client:
         return client.query(sql.format(db=clickhouse.database)).result_rows
-
-
-@pytest.fixture
-def topics(platform_env: Settings) -> Settings:
-    ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
-    platform_env.land.idle_stop_s = 2.0
-    platform_env.land.batch_max_wait_s = 0.3
-    return platform_env
 
 
 def land_all(settings: Settings, source: str = "raw") -> list[BatchReport]:

@@ -12,17 +12,11 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING
 
 from eventplatform.budgets.campaigns import CampaignFileError, load_campaigns, parse_campaigns
-from eventplatform.clickhouse import ClickHouse
+from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.kafka.clients import make_consumer
-from eventplatform.settings import Settings, get_settings
+from eventplatform.settings import get_settings
 
 SAMPLE_CAMPAIGNS = Path(__file__).resolve().parent / "sample_campaigns.csv"
-
-
-def platform_clickhouse(settings: Settings) -> ClickHouse:
-    clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
-    clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
-    return clickhouse
 
 
 @click.group()

@@ -26,19 +26,12 @@ from eventplatform.budgets.spend import (
     pacing_too_fast,
     read_spend,
 )
-from eventplatform.clickhouse import ClickHouse
+from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.defs.resources import PlatformResource
 
 
-def _clickhouse(platform: PlatformResource) -> ClickHouse:
-    settings = platform.settings()
-    clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
-    clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
-    return clickhouse
-
-
 def _current_states(platform: PlatformResource):
-    clickhouse = _clickhouse(platform)
+    clickhouse = platform_clickhouse(platform.settings())
     now = datetime.now(UTC)
     return campaign_states(read_campaigns(clickhouse), read_spend(clickhouse, now), now)
 
@@ -56,7 +49,9 @@ def _current_states(platform: PlatformResource):
 def campaign_budgets(context: AssetExecutionContext, platform: PlatformResource):
     settings = platform.settings()
     controller = BudgetController(
-        _clickhouse(platform), settings.kafka.bootstrap, settings.kafka.control_topic
+        platform_clickhouse(platform.settings()),
+        settings.kafka.bootstrap,
+        settings.kafka.control_topic,
     )
     states, signals = controller.refresh()
     by_status: dict[str, int] = {}

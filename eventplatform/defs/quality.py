@@ -19,7 +19,7 @@ from dagster import (
     define_asset_job,
 )
 
-from eventplatform.clickhouse import ClickHouse
+from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.defs.resources import PlatformResource
 from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
@@ -28,13 +28,6 @@ from eventplatform.settings import Settings
 
 LANDED = "events_clickhouse"
 TOPICS = "kafka_topics"
-LANDING_GROUP = "eventplatform-land"
-
-
-def _clickhouse(settings: Settings) -> ClickHouse:
-    clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
-    clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
-    return clickhouse
 
 
 def _router(settings: Settings) -> AlertRouter:
@@ -76,7 +69,7 @@ def _landed_check(name: str, fn, description: str):
     @asset_check(asset=LANDED, name=name, description=description, blocking=False)
     def _check(context: AssetCheckExecutionContext, platform: PlatformResource):
         settings = platform.settings()
-        outcome = fn(_clickhouse(settings), settings.quality, datetime.now(UTC))
+        outcome = fn(platform_clickhouse(settings), settings.quality, datetime.now(UTC))
         return _result(context, settings, LANDED, outcome)
 
     return _check
@@ -141,7 +134,7 @@ def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource
     now = datetime.now(UTC)
     since_ms = int((now - timedelta(minutes=q.window_minutes)).timestamp() * 1000)
     sample = dead_letters_since(k.bootstrap, k.dlq_topic, since_ms)
-    outcome = checks.schema_drift(_clickhouse(settings), sample, q, now)
+    outcome = checks.schema_drift(platform_clickhouse(settings), sample, q, now)
     return _result(context, settings, TOPICS, outcome)
 
 
@@ -154,24 +147,25 @@ def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource
 def consumer_lag_check(context: AssetCheckExecutionContext, platform: PlatformResource):
     settings = platform.settings()
     k, q = settings.kafka, settings.quality
+    group = settings.land.group_id
     now = datetime.now(UTC)
     lag = {
-        t: sum(consumer_lag(k.bootstrap, LANDING_GROUP, t).values())
+        t: sum(consumer_lag(k.bootstrap, group, t).values())
         for t in (k.raw_topic, k.overflow_topic)
     }
-    clickhouse = _clickhouse(settings)
+    clickhouse = platform_clickhouse(settings)
     table = f"{clickhouse.database}.consumer_lag_samples"
     with clickhouse.session() as client:
         client.insert(
             table,
-            [[now, t, LANDING_GROUP, n] for t, n in lag.items()],
+            [[now, t, group, n] for t, n in lag.items()],
             column_names=["ts", "topic", "grp", "lag"],
         )
         history = client.query(
             f"SELECT ts, sum(lag) FROM {table} WHERE grp = %(g)s AND ts >= %(since)s "
             "GROUP BY ts ORDER BY ts",
             parameters={
-                "g": LANDING_GROUP,
+                "g": group,
                 "since": (now - timedelta(minutes=q.lag_growing_minutes)).replace(tzinfo=None),
             },
         ).result_rows

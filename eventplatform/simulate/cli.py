@@ -24,7 +24,7 @@ def demo_setup(settings: Settings, spec: TrafficSpec) -> dict[str, str]:
     Idempotent: existing customers keep their keys.
     """
     from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns
-    from eventplatform.budgets.cli import platform_clickhouse
+    from eventplatform.clickhouse import platform_clickhouse
     from eventplatform.collect.customers import CustomerStore
     from eventplatform.simulate.traffic import campaigns_csv
 
