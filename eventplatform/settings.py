@@ -145,7 +145,7 @@ class LandSettings(BaseSettings):
     group_id: str = Field(
         default="eventplatform-land", description="The consumer group whose offsets land."
     )
-    raw_shards: int = Field(default=4, description="Shards of events.raw: partition % shards.")
+    raw_shards: int = Field(default=2, description="Shards of events.raw: partition % shards.")
     overflow_shards: int = 1
     dlq_shards: int = 1
     batch_max_records: int = 50_000

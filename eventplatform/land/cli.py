@@ -40,9 +40,20 @@ def land_command(source: str, shard: int, idle_stop: float | None, quiet: bool) 
                 f"{len(report.files)} files, lag {report.lag}{latency}"
             )
 
-    summary = lander.run(on_batch=on_batch, log=click.echo)
+    stages: dict[str, float] = {}
+
+    def on_batch_with_stages(report: BatchReport) -> None:
+        for stage, seconds in report.stage_seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+        on_batch(report)
+
+    summary = lander.run(on_batch=on_batch_with_stages, log=click.echo)
+    if stages:
+        click.echo(
+            "time per stage: " + ", ".join(f"{name} {secs:.2f}s" for name, secs in stages.items())
+        )
     click.echo(
         f"landed {summary.rows} rows and {summary.dead_letters} dead letters in "
-        f"{summary.batches} batches ({summary.replayed_batches} replayed); "
-        f"stopped: {summary.stopped_because}"
+        f"{summary.batches} batches ({summary.replayed_batches} replayed), busy "
+        f"{summary.busy_s:.1f}s; stopped: {summary.stopped_because}"
     )

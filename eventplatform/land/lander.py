@@ -82,6 +82,7 @@ class BatchReport:
     latency_p99_ms: float | None
     cost_events: int  # impressions, ad clicks, conversions: spend may have changed
     seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, parquet, ...
     replayed: bool = False
 
     @property
@@ -99,6 +100,7 @@ class RunSummary:
     rows: int = 0
     dead_letters: int = 0
     replayed_batches: int = 0
+    busy_s: float = 0.0  # from the first batch's collection to the last batch's commit
     stopped_because: str = ""
     reports: list[BatchReport] = field(default_factory=list, repr=False)
 
@@ -178,6 +180,7 @@ class ShardLander:
         self.log = log
         summary = RunSummary()
         started = last_message = time.monotonic()
+        first_collect = 0.0
         try:
             self.partitions = self._shard_partitions(consumer)
             if not self.partitions:
@@ -205,6 +208,7 @@ class ShardLander:
                 if now - started >= s.max_run_s:
                     summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
                     break
+                collecting = time.monotonic()
                 messages = self._collect(consumer)
                 if not messages:
                     if time.monotonic() - last_message >= s.idle_stop_s:
@@ -212,7 +216,9 @@ class ShardLander:
                         break
                     continue
                 last_message = time.monotonic()
+                first_collect = first_collect or collecting
                 self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
+                summary.busy_s = time.monotonic() - first_collect
             return summary
         finally:
             consumer.close()
@@ -270,16 +276,21 @@ class ShardLander:
         self, consumer: Consumer, producer, messages: list[Message], replayed: bool
     ) -> BatchReport:
         t0 = time.monotonic()
+        stages: dict[str, float] = {}
+        clock = _StageClock(stages)
         ranges = offset_ranges(messages)
         self.manifest.write(ranges)
         crashpoint("after_manifest")
+        clock("manifest")
 
         landed_ms = int(time.time() * 1000)
         table, dead = self.rows.build(messages, landed_ms)
         crashpoint("after_decode")
+        clock("decode")
 
         files = self.rows.write_lake(self.lake_dir, table, ranges) if table.num_rows else []
         crashpoint("after_parquet")
+        clock("parquet")
 
         if table.num_rows:
             with self.clickhouse.session() as client:
@@ -289,6 +300,7 @@ class ShardLander:
                     settings={"insert_deduplication_token": dedup_token(ranges)},
                 )
         crashpoint("after_clickhouse")
+        clock("clickhouse")
 
         for letter in dead:
             send_dead_letter(producer, self.dlq_topic, letter)
@@ -302,6 +314,7 @@ class ShardLander:
                 raise KafkaException(tp.error)
         crashpoint("after_commit")
         self.manifest.clear()
+        clock("commit")
 
         done_ms = int(time.time() * 1000)
         p50, p99 = _latency(table, done_ms)
@@ -318,6 +331,7 @@ class ShardLander:
             latency_p99_ms=p99,
             cost_events=_cost_events(table),
             seconds=time.monotonic() - t0,
+            stage_seconds=stages,
             replayed=replayed,
         )
 
@@ -396,6 +410,19 @@ def _raise_unless_transient(error: KafkaError, log: Callable[[str], None]) -> No
     if error.fatal() or error.code() in _FATAL_CODES:
         raise KafkaException(error)
     log(f"kafka (retrying): {error}")
+
+
+class _StageClock:
+    """Adds the time since the previous call to the named stage."""
+
+    def __init__(self, stages: dict[str, float]) -> None:
+        self.stages = stages
+        self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
