@@ -132,6 +132,52 @@ def run(demo: bool, demo_rate: float) -> None:
     sys.exit(code)
 
 
+@main.command("status")
+def status() -> None:
+    """One screen: broker, topics, landing lag per shard, runs, last landed, failing checks."""
+    from eventplatform.status import status_screen
+
+    click.echo(status_screen(get_settings()), nl=False)
+
+
+@main.command("reconcile")
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    help="How far back: a duration (30m, 6h, 2d) or an ISO-8601 time with a zone.",
+)
+def reconcile_command(since: str) -> None:
+    """Messages in Kafka vs landed vs dead-lettered vs pending, per customer and hour.
+
+    Exit 1 when something is missing or landed twice."""
+    from eventplatform.clickhouse import platform_clickhouse
+    from eventplatform.reconcile import format_table, parse_since, reconcile
+
+    settings = get_settings()
+    k = settings.kafka
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = reconcile(
+        k.bootstrap,
+        platform_clickhouse(settings),
+        [k.raw_topic, k.overflow_topic],
+        k.dlq_topic,
+        settings.land.group_id,
+        start,
+        overflow_topic=k.overflow_topic,
+    )
+    click.echo(format_table(result))
+    problems = result.problems()
+    for problem in problems:
+        click.secho(problem, fg="red")
+    if problems:
+        sys.exit(1)
+    click.echo("every message is landed, dead-lettered or pending")
+
+
 def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns

@@ -11,16 +11,17 @@ twice a duplicate: both are named.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import TopicPartition
 
 from eventplatform.clickhouse import ClickHouse
-from eventplatform.kafka.clients import make_consumer
+from eventplatform.kafka.clients import make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
 
 Hour = datetime
@@ -87,9 +88,7 @@ def _read_since(bootstrap: str, topic: str, since_ms: int, timeout_s: float):
         )
         ends, assign = {}, []
         for tp in starts:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=timeout_s
-            )
+            _, high = watermark_offsets(consumer, TopicPartition(topic, tp.partition), timeout_s)
             start = tp.offset if tp.offset >= 0 else high
             if high > start:
                 ends[tp.partition] = high
@@ -214,3 +213,24 @@ def format_table(result: Reconciliation) -> str:
         f"{t.duplicates:>6} {t.unaccounted:>8}"
     )
     return "\n".join(lines)
+
+
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``6h``, ``2d`` before now, or an ISO-8601 time with a zone."""
+    now = now or datetime.now(UTC)
+    match = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        return now - timedelta(**{_UNITS[unit]: n})
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since: expected 30m, 6h, 2d or an ISO-8601 time, got {text!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"--since: {text!r} has no time zone (add Z or +00:00)")
+    return parsed

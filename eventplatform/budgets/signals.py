@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from eventplatform.budgets.campaigns import read_campaigns
 from eventplatform.budgets.spend import ACTIVE, CampaignState, campaign_states, read_spend
 from eventplatform.clickhouse import ClickHouse
-from eventplatform.kafka.clients import make_consumer, make_producer
+from eventplatform.kafka.clients import make_consumer, make_producer, watermark_offsets
 
 
 def read_last_signals(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, dict]:
@@ -32,7 +32,7 @@ def read_last_signals(bootstrap: str, topic: str, timeout_s: float = 30.0) -> di
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         partitions = []
         for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = watermark_offsets(consumer, TopicPartition(topic, p), timeout_s)
             if high > low:
                 partitions.append(TopicPartition(topic, p, OFFSET_BEGINNING))
         if not partitions:

@@ -78,12 +78,19 @@ class BatchReport:
     dead_letters: int
     files: list[WrittenFile]
     lag: int  # messages of the shard still behind the batch
-    latency_p50_ms: float | None  # received -> landed, events only
-    latency_p99_ms: float | None
+    latencies_ms: np.ndarray | None  # per event, received -> committed (queryable); events only
     cost_events: int  # impressions, ad clicks, conversions: spend may have changed
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, parquet, ...
     replayed: bool = False
+
+    @property
+    def latency_p50_ms(self) -> float | None:
+        return _percentile(self.latencies_ms, 50)
+
+    @property
+    def latency_p99_ms(self) -> float | None:
+        return _percentile(self.latencies_ms, 99)
 
     @property
     def messages(self) -> int:
@@ -317,7 +324,6 @@ class ShardLander:
         clock("commit")
 
         done_ms = int(time.time() * 1000)
-        p50, p99 = _latency(table, done_ms)
         return BatchReport(
             topic=self.topic,
             shard=self.shard,
@@ -327,8 +333,7 @@ class ShardLander:
             dead_letters=len(dead),
             files=files,
             lag=self._lag(consumer, ranges),
-            latency_p50_ms=p50,
-            latency_p99_ms=p99,
+            latencies_ms=_latencies(table, done_ms),
             cost_events=_cost_events(table),
             seconds=time.monotonic() - t0,
             stage_seconds=stages,
@@ -445,13 +450,15 @@ def dedup_token(ranges: list[OffsetRange]) -> str:
     return f"{ranges[0].topic}:" + ",".join(f"{r.partition}:{r.first}-{r.last}" for r in ranges)
 
 
-def _latency(table: pa.Table, done_ms: int) -> tuple[float | None, float | None]:
+def _latencies(table: pa.Table, done_ms: int) -> np.ndarray | None:
     if "received_ts" not in table.column_names or table.num_rows == 0:
-        return None, None
+        return None
     received = pc.cast(pc.cast(table.column("received_ts"), pa.timestamp("ms")), pa.int64())
-    latency = done_ms - received.to_numpy(zero_copy_only=False)
-    p50, p99 = np.percentile(latency, [50, 99])
-    return float(p50), float(p99)
+    return done_ms - received.to_numpy(zero_copy_only=False)
+
+
+def _percentile(values: np.ndarray | None, q: float) -> float | None:
+    return None if values is None else float(np.percentile(values, q))
 
 
 def _cost_events(table: pa.Table) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from eventplatform.kafka.clients import committed_offsets, make_consumer
+from eventplatform.kafka.clients import committed_offsets, make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
 
 
@@ -28,9 +28,7 @@ def _start_offsets(consumer: Consumer, topic: str, since_ms: int, timeout_s: flo
     )
     out = []
     for tp in found:
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, tp.partition), timeout=timeout_s
-        )
+        _, high = watermark_offsets(consumer, TopicPartition(topic, tp.partition), timeout_s)
         start = tp.offset if tp.offset >= 0 else high  # -1: nothing at or after since_ms
         out.append((tp.partition, start, high))
     return out
@@ -100,9 +98,7 @@ def consumer_lag(
         )
         lag = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=timeout_s
-            )
+            low, high = watermark_offsets(consumer, TopicPartition(topic, tp.partition), timeout_s)
             position = tp.offset if tp.offset >= 0 else low
             lag[tp.partition] = max(0, high - position)
         return lag

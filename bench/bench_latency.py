@@ -1,0 +1,220 @@
+"""End-to-end latency at a steady rate: received -> queryable, and budget exhaustion -> pause.
+
+    .venv/bin/python bench/bench_latency.py [--rate 10000] [--duration 180] [--shards 2]
+                                            [--campaigns 40]
+
+Starts a throwaway broker, produces realistic events at a steady rate straight to
+`events.raw` (each stamped `received_ts` = the moment it is produced, as the collector
+does), and lands them with one `eventplatform land` process per shard, as the Dagster
+sensor would start them. An event's latency is the time from `received_ts` to the commit of
+its batch, after which it is in the lake and queryable in ClickHouse. Prints p50/p99/max over
+every event.
+
+Budgets ride on the same traffic: `--campaigns` campaigns with a daily budget of 10.00 are
+loaded, and at even intervals one of them gets the impressions that spend it (1.00 each; the
+tenth exhausts it). The landing processes run the budget controller after every batch that
+carries cost-bearing events, as the Dagster landing run does. The pause latency is from the
+exhausting event's `received_ts` to the pause message's arrival on `campaign.control`, read
+by a consumer here as an ad server would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import throwaway_broker
+
+from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.events import EventCodec, EventValidator
+from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
+from eventplatform.kafka.topics import TopicSpec, ensure_topics
+from eventplatform.settings import REPO_ROOT
+from eventplatform.simulate.traffic import TrafficGenerator, TrafficSpec
+
+LANDER = """
+import sys
+import numpy as np
+import orjson
+from eventplatform.budgets.signals import BudgetController
+from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.land.sources import build_lander
+from eventplatform.settings import get_settings
+
+settings = get_settings()
+latencies = []
+controller = BudgetController(
+    platform_clickhouse(settings), settings.kafka.bootstrap, settings.kafka.control_topic
+)
+
+def on_batch(report):
+    latencies.append(report.latencies_ms)
+    if report.cost_events:
+        controller.refresh()
+
+lander = build_lander(settings, "raw", int(sys.argv[1]))
+summary = lander.run(on_batch=on_batch)
+np.save(sys.argv[2], np.concatenate([x for x in latencies if x is not None]))
+print(summary.batches, "batches", summary.rows, "rows")
+"""
+
+
+def spend_event(pool: list[dict], campaign: str, i: int, received_ms: int) -> dict:
+    """An impression that costs 1.00 for ``campaign`` (from an ad event of the pool)."""
+    template = next(d for d in pool if d["event_type"] == "impression")
+    datum = dict(template)
+    datum["event_id"] = f"spend-{campaign}-{i}"
+    datum["customer_id"] = "bench"
+    datum["event_ts"] = datum["received_ts"] = received_ms
+    datum["payload"] = {**template["payload"], "campaign_id": campaign, "cost": 1.0}
+    return datum
+
+
+def watch_pauses(bootstrap: str, pauses: dict[str, float], stop: threading.Event) -> None:
+    """An ad server: follows campaign.control and notes when each pause arrives."""
+    consumer = make_consumer(bootstrap, f"ad-server-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe(["campaign.control"])
+    while not stop.is_set():
+        message = consumer.poll(0.2)
+        if message is None or message.error() or message.value() is None:
+            continue
+        signal = orjson.loads(message.value())
+        if signal["action"] == "pause":
+            pauses.setdefault(signal["campaign_id"], time.time())
+    consumer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--duration", type=float, default=180)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--campaigns", type=int, default=40)
+    args = parser.parse_args()
+
+    generator = TrafficGenerator(TrafficSpec(seed=5, customers=20))
+    validator, codec = EventValidator(), EventCodec()
+    now = int(time.time() * 1000)
+    pool = []
+    for simulated in generator.events(20_000, now):
+        datum, errors = validator.validate(simulated.event, simulated.customer_id, now)
+        if not errors:
+            pool.append(datum)
+
+    with throwaway_broker() as (bootstrap, tmp):
+        specs = [
+            TopicSpec("events.raw", 12, 1, {}),
+            TopicSpec("events.dlq", 1, 1, {}),
+            TopicSpec("campaign.control", 3, 1, {"cleanup.policy": "compact"}),
+        ]
+        ensure_topics(make_admin(bootstrap), specs)
+        clickhouse = ClickHouse(f"chdb://{tmp / 'data' / 'clickhouse'}", "eventplatform")
+        clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+        today = datetime.now(UTC).date()
+        load_campaigns(
+            clickhouse,
+            parse_campaigns(
+                "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
+                + "".join(
+                    f"bench,cmp-{k},1000,10,USD,{today},{today + timedelta(days=1)},UTC\n"
+                    for k in range(args.campaigns)
+                )
+            ),
+        )
+        pauses: dict[str, float] = {}
+        stop_watching = threading.Event()
+        watcher = threading.Thread(target=watch_pauses, args=(bootstrap, pauses, stop_watching))
+        watcher.start()
+        env = {
+            **os.environ,
+            "EP_DATA_DIR": str(tmp / "data"),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "EP_LAND_RAW_SHARDS": str(args.shards),
+            "EP_LAND_IDLE_STOP_S": "5",
+        }
+        landers = [
+            subprocess.Popen(
+                [sys.executable, "-c", LANDER, str(shard), str(tmp / f"latency-{shard}.npy")],
+                cwd=REPO_ROOT,
+                env=env,
+            )
+            for shard in range(args.shards)
+        ]
+        time.sleep(3)  # the landers start (imports, ClickHouse) before traffic does
+
+        producer = make_producer(bootstrap)
+        start = time.monotonic()
+        sent, tick = 0, 0.01
+        exhaust_at = [
+            10 + k * (args.duration - 30) / max(1, args.campaigns) for k in range(args.campaigns)
+        ]
+        exhausted_ms: dict[str, int] = {}
+        while (elapsed := time.monotonic() - start) < args.duration:
+            due = int(elapsed * args.rate)
+            received = int(time.time() * 1000)
+            while exhaust_at and elapsed >= exhaust_at[0]:
+                campaign = f"cmp-{len(exhausted_ms)}"
+                exhaust_at.pop(0)
+                for i in range(10):  # 10 x 1.00: the tenth reaches the daily budget of 10
+                    datum = spend_event(pool, campaign, i, received)
+                    producer.produce("events.raw", key=b"bench", value=codec.encode(datum))
+                exhausted_ms[campaign] = received
+                sent += 10
+                due += 10
+            while sent < due:
+                datum = dict(pool[sent % len(pool)])
+                datum["event_id"] = f"lat-{sent:012d}"
+                datum["received_ts"] = received
+                producer.produce(
+                    "events.raw", key=datum["customer_id"].encode(), value=codec.encode(datum)
+                )
+                sent += 1
+            producer.poll(0)
+            time.sleep(tick)
+        assert producer.flush(60) == 0
+        produce_rate = sent / (time.monotonic() - start)
+        for lander in landers:
+            assert lander.wait(timeout=300) == 0
+        latencies = np.concatenate([np.load(tmp / f"latency-{s}.npy") for s in range(args.shards)])
+        stop_watching.set()
+        watcher.join()
+
+    assert len(latencies) == sent, f"landed {len(latencies)} of {sent}"
+    p50, p99, top = np.percentile(latencies, [50, 99, 100])
+    print()
+    print("| figure | value |")
+    print("| --- | --- |")
+    print(f"| events produced (steady) | {sent:,} at {produce_rate:,.0f}/s, {args.duration:.0f}s |")
+    print(f"| landing processes (shards) | {args.shards} |")
+    print(f"| latency received -> queryable, p50 | {p50 / 1000:.2f} s |")
+    print(f"| latency received -> queryable, p99 | {p99 / 1000:.2f} s |")
+    print(f"| latency received -> queryable, max | {top / 1000:.2f} s |")
+    pause_s = np.array(
+        [pauses[c] - exhausted_ms[c] / 1000 for c in exhausted_ms if c in pauses], dtype=float
+    )
+    missing = sorted(set(exhausted_ms) - set(pauses))
+    if len(pause_s):
+        q50, q99, qmax = np.percentile(pause_s, [50, 99, 100])
+        print(f"| campaigns exhausted / paused | {len(exhausted_ms)} / {len(pause_s)} |")
+        print(f"| exhausting event -> pause on campaign.control, p50 | {q50:.2f} s |")
+        print(f"| exhausting event -> pause on campaign.control, p99 | {q99:.2f} s |")
+        print(f"| exhausting event -> pause on campaign.control, max | {qmax:.2f} s |")
+    if missing:
+        print(f"NOT PAUSED: {missing}")
+    print("(every event counted, the first batch's ClickHouse warm-up included)")
+
+
+if __name__ == "__main__":
+    main()
