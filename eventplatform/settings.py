@@ -163,6 +163,9 @@ class LandSettings(BaseSettings):
         default=32 * 1024, description="librdkafka's prefetch queue bound (memory)."
     )
     sensor_interval_s: int = 10
+    commit_timeout_s: float = Field(
+        default=300.0, description="How long a commit waits out a broker that is down."
+    )
 
 
 class QualitySettings(BaseSettings):

@@ -311,14 +311,13 @@ class ShardLander:
 
         for letter in dead:
             send_dead_letter(producer, self.dlq_topic, letter)
-        if dead and producer.flush(60) != 0:
+        if dead and producer.flush(self.settings.commit_timeout_s) != 0:
             raise RuntimeError(f"{len(dead)} dead letters not acknowledged by the broker")
         crashpoint("after_dead_letters")
 
-        commit = [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges]
-        for tp in consumer.commit(offsets=commit, asynchronous=False) or []:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
+        self._commit(
+            consumer, [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges]
+        )
         crashpoint("after_commit")
         self.manifest.clear()
         clock("commit")
@@ -339,6 +338,26 @@ class ShardLander:
             stage_seconds=stages,
             replayed=replayed,
         )
+
+    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Commit, riding out a coordinator that moves or a broker that restarts.
+
+        The sinks already hold the batch, so waiting is cheaper than failing (which would
+        replay it); past ``commit_timeout_s`` the run fails and the next one replays.
+        """
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        while True:
+            try:
+                for tp in consumer.commit(offsets=offsets, asynchronous=False) or []:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or not _retriable(error) or time.monotonic() > deadline:
+                    raise
+                self.log(f"commit waits: {error}")
+                time.sleep(1.0)
 
     def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:
         """Behind the batch, from the watermarks the fetches brought (no extra round trip)."""
@@ -406,6 +425,21 @@ _FATAL_CODES = {
     KafkaError.GROUP_AUTHORIZATION_FAILED,
     KafkaError.OFFSET_OUT_OF_RANGE,
 }
+
+
+_RETRIABLE_COMMIT = {
+    KafkaError._WAIT_COORD,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
+def _retriable(error: KafkaError) -> bool:
+    return error.retriable() or error.code() in _RETRIABLE_COMMIT
 
 
 def _raise_unless_transient(error: KafkaError, log: Callable[[str], None]) -> None:

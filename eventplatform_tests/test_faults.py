@@ -1,0 +1,214 @@
+"""Faults on purpose: the broker restarting under load, sinks that fail. Nothing is lost.
+
+Every test ends by reconciling: what the collector accepted (or what was produced) is in the
+lake and in ClickHouse exactly once. No fakes: a real broker is stopped and started, a real
+ClickHouse table disappears, a real folder is in the way, a real 256 KiB tmpfs fills up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.collect.customers import CustomerStore
+from eventplatform.events.examples import example_event
+from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port
+from eventplatform.kafka.clients import make_admin
+from eventplatform.kafka.topics import ensure_topics, platform_topics
+from eventplatform.land.lander import Manifest
+from eventplatform.land.sources import build_lander
+from eventplatform.settings import REPO_ROOT, Settings, get_settings
+from eventplatform_tests.test_collector import running_collector
+from eventplatform_tests.test_land import clickhouse_count, produce_events
+from eventplatform_tests.test_land_dagster import committed
+
+
+def lake_ids(settings: Settings) -> list[str]:
+    files = list((settings.lake_dir / "events").rglob("*.parquet"))
+    if not files:
+        return []
+    return [
+        r[0]
+        for r in duckdb.sql(
+            f"SELECT event_id FROM read_parquet('{settings.lake_dir}/events/**/*.parquet')"
+        ).fetchall()
+    ]
+
+
+def assert_landed_once(settings: Settings, expected_ids: set[str]) -> None:
+    ids = lake_ids(settings)
+    assert len(ids) == len(set(ids)) == len(expected_ids) and set(ids) == expected_ids
+    rows = clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events")
+    assert rows == [(len(expected_ids), len(expected_ids))]
+
+
+def test_broker_restart_under_load_loses_nothing_that_got_a_202(
+    platform_env: Settings, monkeypatch, tmp_path: Path, kafka_libs: Path
+) -> None:
+    broker = LocalBroker(
+        BrokerConfig(
+            libs_dir=kafka_libs,
+            data_dir=tmp_path / "kafka",
+            port=free_port(),
+            controller_port=free_port(),
+        )
+    )
+    broker.start()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.config.bootstrap)
+    monkeypatch.setenv("EP_LAND_RAW_SHARDS", "1")
+    get_settings.cache_clear()
+    settings = get_settings()
+    ensure_topics(make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka))
+    key = CustomerStore(settings.customers_db).add("acme")
+    lander = subprocess.Popen(
+        [sys.executable, "-m", "eventplatform.cli", "land", "--idle-stop", "120", "--quiet"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    accepted: set[str] = set()
+    statuses: list[int] = []
+    broker_down = threading.Event()
+    accepted_while_down: list[int] = []
+    stop = threading.Event()
+
+    def send(url: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            b = 0
+            while not stop.is_set():
+                events = [example_event("click", event_id=f"r{b}-{i}") for i in range(100)]
+                response = client.post(
+                    f"{url}/v1/events", json=events, headers={"Authorization": f"Bearer {key}"}
+                )
+                statuses.append(response.status_code)
+                if response.status_code == 202:
+                    accepted.update(response.json()["event_ids"])
+                    if broker_down.is_set():
+                        accepted_while_down.append(b)
+                else:
+                    time.sleep(0.2)  # as a client told Retry-After would
+                b += 1
+
+    try:
+        with running_collector(settings, EP_COLLECTOR_PRODUCER_MAX_MESSAGES="10000") as (url, _):
+            sender = threading.Thread(target=send, args=(url,))
+            sender.start()
+            time.sleep(3)
+            broker_down.set()
+            broker.stop()
+            time.sleep(8)
+            broker_down.clear()
+            broker.start()
+            time.sleep(4)
+            stop.set()
+            sender.join(timeout=60)
+            stopping = time.monotonic()
+        # The collector was stopped with SIGTERM: it flushed what it had accepted.
+        print(f"collector stopped in {time.monotonic() - stopping:.1f}s")
+        assert set(statuses) <= {202, 503}, statuses
+        timeline = f"{len(statuses)} answers, {statuses.count(503)} x 503"
+        assert accepted_while_down, (
+            f"the collector should buffer while the broker is down: {timeline}"
+        )
+        assert 503 in statuses, f"a full producer buffer must answer 503: {timeline}"
+
+        # The landing process rode through the restart and lands everything by itself.
+        deadline = time.monotonic() + 180
+        while clickhouse_count(settings, "SELECT count() FROM {db}.events")[0][0] < len(accepted):
+            if lander.poll() is not None:
+                raise AssertionError(f"the landing process ended: {lander.stdout.read()}")
+            assert time.monotonic() < deadline, "landing did not catch up in 180 s"
+            time.sleep(1)
+        lander.send_signal(signal.SIGTERM)
+        lander.wait(timeout=60)
+        assert_landed_once(settings, accepted)
+        assert committed(settings) == len(accepted)
+    finally:
+        if lander.poll() is None:
+            lander.kill()
+        broker.stop()
+
+
+@pytest.fixture
+def produced(topics: Settings) -> tuple[Settings, set[str]]:
+    topics.land.raw_shards = 1
+    topics.land.idle_stop_s = 1.0
+    return topics, set(produce_events(topics, 400))
+
+
+def manifest_of(settings: Settings) -> Manifest:
+    return Manifest(
+        settings.lake_dir
+        / "_landing"
+        / settings.land.group_id
+        / f"{settings.kafka.raw_topic}.shard-0-of-1.json"
+    )
+
+
+def test_failing_clickhouse_insert_fails_the_run_and_commits_nothing(produced) -> None:
+    settings, ids = produced
+    lander = build_lander(settings, "raw", 0)  # the tables exist now
+    clickhouse = platform_clickhouse(settings)
+    with clickhouse.session() as client:
+        client.command(f"RENAME TABLE {clickhouse.database}.events TO {clickhouse.database}.gone")
+    with pytest.raises(Exception, match=r"(?i)events.*(does not exist|doesn't exist|unknown)"):
+        lander.run()
+    assert committed(settings) == 0
+    assert manifest_of(settings).read() is not None  # the batch in flight is remembered
+    assert lake_ids(settings)  # the lake was written before ClickHouse failed
+
+    with clickhouse.session() as client:
+        client.command(f"RENAME TABLE {clickhouse.database}.gone TO {clickhouse.database}.events")
+    summary = build_lander(settings, "raw", 0).run()
+    assert summary.replayed_batches == 1
+    assert_landed_once(settings, ids)
+    assert committed(settings) == 400
+    assert manifest_of(settings).read() is None
+
+
+def test_unwritable_lake_fails_the_run_and_commits_nothing(produced) -> None:
+    settings, ids = produced
+    settings.lake_dir.mkdir(parents=True)
+    (settings.lake_dir / "events").write_text("a file where the events folder should be")
+    with pytest.raises(OSError):
+        build_lander(settings, "raw", 0).run()
+    assert committed(settings) == 0
+    assert clickhouse_count(settings, "SELECT count() FROM {db}.events") == [(0,)]
+
+    (settings.lake_dir / "events").unlink()
+    assert build_lander(settings, "raw", 0).run().replayed_batches == 1
+    assert_landed_once(settings, ids)
+
+
+def test_full_disk_fails_the_run_and_leaves_no_partial_file(produced) -> None:
+    settings, ids = produced
+    folder = settings.lake_dir / "events"
+    folder.mkdir(parents=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    assert mount.returncode == 0, f"this test needs root to mount a tmpfs: {mount.stderr}"
+    try:
+        (folder / "ballast").write_bytes(b"\0" * (250 * 1024))  # leave a few KiB
+        with pytest.raises(OSError, match="No space left on device"):
+            build_lander(settings, "raw", 0).run()
+        assert committed(settings) == 0
+        assert not [p for p in folder.rglob("*") if p.is_file() and p.name != "ballast"]
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    assert build_lander(settings, "raw", 0).run().replayed_batches == 1
+    assert_landed_once(settings, ids)
+    assert os.listdir(folder)  # landed on the real disk once there was room
