@@ -11,9 +11,11 @@
 //! messages and the error reasons are the same as the Python codec's.
 
 use std::collections::HashMap;
+use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
@@ -646,7 +648,51 @@ impl Column {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Python class
+// The Python classes
+
+/// One output buffer, handed to Python without a copy: read-only, through the buffer
+/// protocol (`pyarrow.py_buffer(b)` wraps it and keeps it alive).
+#[pyclass(frozen, module = "eventplatform_avro")]
+struct Buffer {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl Buffer {
+    /// # Safety
+    /// `view` is a Py_buffer the interpreter hands in; the bytes stay valid and unchanged
+    /// while the view holds a reference to this (frozen) object.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("the buffer is read-only"));
+        }
+        let data = &slf.get().data;
+        let filled = ffi::PyBuffer_FillInfo(
+            view,
+            slf.as_ptr(),
+            data.as_ptr() as *mut c_void,
+            data.len() as ffi::Py_ssize_t,
+            1,
+            flags,
+        );
+        if filled == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn buffer(py: Python<'_>, data: Vec<u8>) -> PyResult<Py<Buffer>> {
+    Py::new(py, Buffer { data })
+}
 
 /// Decodes lists of single-object encoded messages into Arrow column buffers.
 ///
@@ -677,12 +723,13 @@ enum Failure {
 
 struct Output {
     consumed: usize,
+    rows: usize,
     columns: Vec<Column>,
     errors: Vec<(usize, Failure)>,
 }
 
 type ErrorTuple = (usize, &'static str, String, Option<String>, Option<String>);
-type ColumnTuple = (Option<Py<PyBytes>>, Option<Py<PyBytes>>, Py<PyBytes>, usize);
+type ColumnTuple = (Option<Py<Buffer>>, Option<Py<Buffer>>, Py<Buffer>, usize);
 
 #[pymethods]
 impl Decoder {
@@ -762,10 +809,10 @@ impl Decoder {
     /// Decodes `values[start:]` (bytes or None) and returns
     /// `(next_start, rows, columns, errors)`: `next_start` is `len(values)` unless a string
     /// column reached 2 GiB (call again from there); `columns` holds per column
-    /// `(validity or None, offsets or None, data, null_count)`; `errors` holds
-    /// `(index, reason, detail, tag, record)`, reason `header` for messages whose first ten
-    /// bytes are wrong (the caller words those), and `tag`/`record` set when the tag does not
-    /// match the payload record.
+    /// `(validity or None, offsets or None, data, null_count)`, the buffers as read-only
+    /// `Buffer` objects; `errors` holds `(index, reason, detail, tag, record)`, reason
+    /// `header` for messages whose first ten bytes are wrong (the caller words those), and
+    /// `tag`/`record` set when the tag does not match the payload record.
     #[pyo3(signature = (values, start=0))]
     fn decode(
         &self,
@@ -801,25 +848,20 @@ impl Decoder {
         let out = py.allow_threads(move || self.decode_raw(msgs, start));
         drop(keep);
 
-        let rows = out.columns.first().map_or(0, |c| c.len);
+        let rows = out.rows;
         let mut columns = Vec::with_capacity(out.columns.len());
         for col in out.columns {
             let validity = if col.null_count > 0 {
-                Some(PyBytes::new(py, &col.validity).unbind())
+                Some(buffer(py, col.validity)?)
             } else {
                 None
             };
             let offsets = if col.ty == ColType::Utf8 {
-                Some(PyBytes::new(py, &col.offsets).unbind())
+                Some(buffer(py, col.offsets)?)
             } else {
                 None
             };
-            columns.push((
-                validity,
-                offsets,
-                PyBytes::new(py, &col.data).unbind(),
-                col.null_count,
-            ));
+            columns.push((validity, offsets, buffer(py, col.data)?, col.null_count));
         }
         let errors = out
             .errors
@@ -853,6 +895,7 @@ impl Decoder {
             record: None,
         };
         let mut consumed = start + n;
+        let mut rows = 0;
         for (k, m) in msgs.0.iter().enumerate() {
             let index = start + k;
             let Some(m) = m else {
@@ -922,6 +965,7 @@ impl Decoder {
                     for (col, slot) in columns.iter_mut().zip(row.slots.iter()) {
                         col.push(*slot, body);
                     }
+                    rows += 1;
                 }
                 Ok(Err(e)) => errors.push((index, Failure::Body(e))),
                 Err(_) => errors.push((
@@ -934,6 +978,7 @@ impl Decoder {
         }
         Output {
             consumed,
+            rows,
             columns,
             errors,
         }
@@ -943,5 +988,6 @@ impl Decoder {
 #[pymodule]
 fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
+    m.add_class::<Buffer>()?;
     Ok(())
 }
