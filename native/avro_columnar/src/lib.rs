@@ -407,21 +407,27 @@ impl<'m> Reader<'m> {
     /// varint an IndexError (corrupt); bits past 64 wrap like the C shift on x86-64.
     #[inline]
     fn long(&mut self, field: &str) -> Result<i64, BodyError> {
-        let Some(&first) = self.buf.get(self.pos) else {
-            return Err(BodyError::Truncated(format!(
-                "body ends before {field} (at byte {})",
-                self.pos + HEADER_LEN
-            )));
+        let first = match self.buf.get(self.pos) {
+            Some(&b) => b,
+            None => {
+                return Err(BodyError::Truncated(format!(
+                    "body ends before {field} (at byte {})",
+                    self.pos + HEADER_LEN
+                )))
+            }
         };
         self.pos += 1;
         let mut b = first as u64;
         let mut n = b & 0x7F;
         let mut shift: u32 = 7;
         while b & 0x80 != 0 {
-            let Some(&next) = self.buf.get(self.pos) else {
-                return Err(BodyError::Corrupt(format!(
-                    "varint of {field} runs past the end of the message"
-                )));
+            let next = match self.buf.get(self.pos) {
+                Some(&b) => b,
+                None => {
+                    return Err(BodyError::Corrupt(format!(
+                        "varint of {field} runs past the end of the message"
+                    )))
+                }
             };
             self.pos += 1;
             b = next as u64;
@@ -762,8 +768,9 @@ impl Decoder {
                 named: HashMap::new(),
             };
             let parsed = parser.parse(&schema, "")?;
-            let Schema::Record { fields, .. } = &parsed else {
-                return Err(PyValueError::new_err("a writer schema must be a record"));
+            let fields = match &parsed {
+                Schema::Record { fields, .. } => fields,
+                _ => return Err(PyValueError::new_err("a writer schema must be a record")),
             };
             let mut compiler = Compiler {
                 columns: &by_name,
@@ -898,9 +905,12 @@ impl Decoder {
         let mut rows = 0;
         for (k, m) in msgs.0.iter().enumerate() {
             let index = start + k;
-            let Some(m) = m else {
-                errors.push((index, Failure::Header));
-                continue;
+            let m = match m {
+                Some(m) => m,
+                None => {
+                    errors.push((index, Failure::Header));
+                    continue;
+                }
             };
             // SAFETY: the bytes object outlives this call (see `decode`) and is immutable.
             let msg: &[u8] = unsafe { std::slice::from_raw_parts(m.ptr, m.len) };
@@ -910,9 +920,12 @@ impl Decoder {
             }
             let mut fp = [0u8; 8];
             fp.copy_from_slice(&msg[2..HEADER_LEN]);
-            let Some(compiled) = self.writers.get(&fp) else {
-                errors.push((index, Failure::Header));
-                continue;
+            let compiled = match self.writers.get(&fp) {
+                Some(c) => c,
+                None => {
+                    errors.push((index, Failure::Header));
+                    continue;
+                }
             };
             if msg.len() > MAX_STRING_BYTES {
                 let detail = format!("message of {} bytes is too large", msg.len());
