@@ -168,6 +168,18 @@ def test_bytes_like_values_are_accepted() -> None:
     assert table.equals(reference(values))
 
 
+def test_a_batch_past_the_string_limit_becomes_several_chunks() -> None:
+    values = encode_mixed(simulated_events(400, seed=5))
+    values.insert(100, b"garbage")
+    small = ColumnarDecoder(max_string_bytes=2_000)  # some dozens of events per chunk
+    table, errors = small.decode(values)
+    assert [(i, e.reason) for i, e in errors] == [(100, "bad_marker")]
+    assert table.column("event_id").num_chunks > 3
+    del values[100]
+    assert table.equals(reference(values))
+    assert table.combine_chunks().equals(DECODER.decode(values)[0])
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

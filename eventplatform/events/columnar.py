@@ -47,7 +47,11 @@ class ColumnarDecoder:
     fields null, as the codec's schema resolution gives.
     """
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self, registry: SchemaRegistry | None = None, *, max_string_bytes: int = 2**31 - 1
+    ) -> None:
+        """``max_string_bytes``: a string column chunk stays below it (Arrow ``string`` has
+        32-bit offsets); a batch past it becomes a table of several chunks. Smaller in tests."""
         self.registry = registry or default_registry()
         self.schema = _body_schema()
         self._codec = EventCodec(self.registry)  # words the header errors exactly as it does
@@ -56,6 +60,7 @@ class ColumnarDecoder:
             [(f.name, _native_type(f.type)) for f in self.schema],
             "event_type",
             dict(RECORD_TO_EVENT_TYPE),
+            max_string_bytes,
         )
 
     def decode(self, values: list[bytes | None]) -> tuple[pa.Table, list[tuple[int, DecodeError]]]:

@@ -706,10 +706,13 @@ fn buffer(py: Python<'_>, data: Vec<u8>) -> PyResult<Py<Buffer>> {
 /// `columns`: (name, type) in output order; types are string, int32, int64, float32, float64,
 /// bool. `tag_field` and `tags` (record full name -> tag value): the top-level string field
 /// that must name the record a top-level union of records holds (event_type and payload).
+/// `max_string_bytes` (at most and by default 2 GiB - 1, for tests smaller): a string column
+/// of one call stays below it; `decode` stops there and says where to go on.
 #[pyclass(frozen, module = "eventplatform_avro")]
 struct Decoder {
     writers: HashMap<[u8; 8], Compiled>,
     col_types: Vec<ColType>,
+    max_string_bytes: usize,
 }
 
 struct Message {
@@ -740,13 +743,17 @@ type ColumnTuple = (Option<Py<Buffer>>, Option<Py<Buffer>>, Py<Buffer>, usize);
 #[pymethods]
 impl Decoder {
     #[new]
-    #[pyo3(signature = (writers, columns, tag_field=None, tags=None))]
+    #[pyo3(signature = (writers, columns, tag_field=None, tags=None, max_string_bytes=None))]
     fn new(
         writers: Vec<(Vec<u8>, Bound<'_, PyAny>)>,
         columns: Vec<(String, String)>,
         tag_field: Option<String>,
         tags: Option<HashMap<String, String>>,
+        max_string_bytes: Option<usize>,
     ) -> PyResult<Self> {
+        let max_string_bytes = max_string_bytes
+            .unwrap_or(MAX_STRING_BYTES)
+            .min(MAX_STRING_BYTES);
         let tags = tags.unwrap_or_default();
         let mut by_name = HashMap::new();
         let mut col_types = Vec::with_capacity(columns.len());
@@ -810,6 +817,7 @@ impl Decoder {
         Ok(Decoder {
             writers: compiled,
             col_types,
+            max_string_bytes,
         })
     }
 
@@ -927,14 +935,14 @@ impl Decoder {
                     continue;
                 }
             };
-            if msg.len() > MAX_STRING_BYTES {
+            if msg.len() > self.max_string_bytes {
                 let detail = format!("message of {} bytes is too large", msg.len());
                 errors.push((index, Failure::Body(BodyError::Corrupt(detail))));
                 continue;
             }
             if columns
                 .iter()
-                .any(|c| c.ty == ColType::Utf8 && c.data.len() + msg.len() > MAX_STRING_BYTES)
+                .any(|c| c.ty == ColType::Utf8 && c.data.len() + msg.len() > self.max_string_bytes)
             {
                 consumed = index; // the caller goes on from here with fresh columns
                 break;
