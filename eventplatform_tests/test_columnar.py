@@ -161,11 +161,18 @@ def test_empty_batch_and_only_bad_messages_give_empty_tables() -> None:
     assert table.num_rows == 0 and [i for i, _ in errors] == [0, 1]
 
 
-def test_bytes_like_values_are_accepted() -> None:
+def test_bytes_like_values_are_accepted_and_other_objects_are_errors() -> None:
     values = encode_mixed(example_events()[:4])
     table, errors = DECODER.decode([bytearray(values[0]), memoryview(values[1]), *values[2:]])
     assert errors == []
     assert table.equals(reference(values))
+    table, errors = DECODER.decode([values[0], "text", 7, "", values[1]])  # type: ignore[list-item]
+    assert table.equals(reference([values[0], values[1]]))
+    assert [(i, e.reason) for i, e in errors] == [
+        (1, "bad_marker"),
+        (2, "bad_marker"),
+        (3, "empty"),
+    ]
 
 
 def test_a_batch_past_the_string_limit_becomes_several_chunks() -> None:

@@ -98,6 +98,8 @@ class ColumnarDecoder:
                 self._codec.writer_of(value)
             except DecodeError as exc:
                 return exc
+            except Exception:  # not bytes at all (the codec itself would raise)
+                return DecodeError("bad_marker", f"value is a {type(value).__name__}, not bytes")
             return DecodeError("corrupt_body", "header rejected by the native decoder")
         if record is not None:
             return DecodeError(

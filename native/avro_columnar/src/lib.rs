@@ -17,7 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -845,12 +845,16 @@ impl Decoder {
                 msgs.push(None);
                 continue;
             }
-            let bytes = match item.downcast::<PyBytes>() {
-                Ok(b) => b.clone(),
-                Err(_) => py
-                    .get_type::<PyBytes>()
+            let bytes = if let Ok(b) = item.downcast::<PyBytes>() {
+                b.clone()
+            } else if item.is_instance_of::<PyByteArray>() || item.is_instance_of::<PyMemoryView>()
+            {
+                py.get_type::<PyBytes>()
                     .call1((&item,))?
-                    .downcast_into::<PyBytes>()?,
+                    .downcast_into::<PyBytes>()?
+            } else {
+                msgs.push(None); // not bytes: a header error, worded by the caller
+                continue;
             };
             let slice = bytes.as_bytes();
             msgs.push(Some(Message {
