@@ -187,6 +187,17 @@ def test_a_batch_past_the_string_limit_becomes_several_chunks() -> None:
     assert table.combine_chunks().equals(DECODER.decode(values)[0])
 
 
+def test_threads_decode_at_the_same_time() -> None:
+    # the native decoder runs without the GIL: one decoder, several threads, the same results
+    from concurrent.futures import ThreadPoolExecutor
+
+    values = encode_mixed(simulated_events(3_000, seed=9))
+    expected = reference(values)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(DECODER.decode, [values] * 8))
+    assert all(t.equals(expected) and e == [] for t, e in results)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

@@ -77,6 +77,7 @@ class ColumnarDecoder:
             errors.extend((i, self._error(values[i], *rest)) for i, *rest in raw_errors)
             if start_next >= len(values):
                 break
+            assert start_next > start, "the native decoder made no progress"
             start = start_next  # a string column reached 2 GiB: go on in a new chunk
         return pa.Table.from_batches(batches, schema=self.schema), errors
 
