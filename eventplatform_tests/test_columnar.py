@@ -279,6 +279,14 @@ def test_each_bad_message_gives_the_codecs_reason(name: str) -> None:
         assert error.detail == info.value.detail  # worded exactly as the codec words it
 
 
+def test_a_panic_while_decoding_becomes_corrupt_body() -> None:
+    # A panic is a bug and no input is known to cause one; the guard around each message's
+    # decoding (the one the batch loop uses) turns it into that message's corrupt_body.
+    import eventplatform_avro
+
+    assert eventplatform_avro._panic_probe() == "the decoder panicked on this message"
+
+
 def test_negative_union_index_reads_like_fastavro() -> None:
     # fastavro indexes the branch list as Python does: -1 is the last branch ("string")
     good = purchase_body()

@@ -957,7 +957,7 @@ impl Decoder {
             }
             row.tag = None;
             row.record = None;
-            let result = catch_unwind(AssertUnwindSafe(|| {
+            let result = guarded(|| {
                 let mut d = Decode {
                     c: compiled,
                     r: Reader { buf: body, pos: 0 },
@@ -984,21 +984,15 @@ impl Decoder {
                     }
                 }
                 Ok(())
-            }));
+            });
             match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     for (col, slot) in columns.iter_mut().zip(row.slots.iter()) {
                         col.push(*slot, body);
                     }
                     rows += 1;
                 }
-                Ok(Err(e)) => errors.push((index, Failure::Body(e))),
-                Err(_) => errors.push((
-                    index,
-                    Failure::Body(BodyError::Corrupt(
-                        "the decoder panicked on this message".into(),
-                    )),
-                )),
+                Err(e) => errors.push((index, Failure::Body(e))),
             }
         }
         Output {
@@ -1010,9 +1004,30 @@ impl Decoder {
     }
 }
 
+/// Runs the decoding of one message; a panic (a bug, never expected) becomes a corrupt_body
+/// error for that message instead of an exception for the whole batch.
+fn guarded<F: FnOnce() -> Result<(), BodyError>>(f: F) -> Result<(), BodyError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(_) => Err(BodyError::Corrupt(
+            "the decoder panicked on this message".into(),
+        )),
+    }
+}
+
+/// For the tests: what `guarded` makes of a panic in this build (it needs panic=unwind).
+#[pyfunction]
+fn _panic_probe() -> String {
+    match guarded(|| panic!("probe: a panic while decoding")) {
+        Err(BodyError::Corrupt(detail)) => detail,
+        other => format!("unexpected: {other:?}"),
+    }
+}
+
 #[pymodule]
 fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Buffer>()?;
+    m.add_function(wrap_pyfunction!(_panic_probe, m)?)?;
     Ok(())
 }
