@@ -6,6 +6,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export EP_DATA_DIR ?= $(CURDIR)/.data
+# cargo (for the native decoder) as rustup installs it, when the shell's PATH lacks it
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NATIVE := native/avro_columnar
 
 .PHONY: setup run test lint format bench clean
 
@@ -15,7 +18,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/.installed
+# The columnar Avro decoder (Rust, built by maturin): rebuilt when its sources change.
+$(BIN)/.native: $(BIN)/.installed $(NATIVE)/pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(wildcard $(NATIVE)/src/*.rs)
+	scripts/system-deps.sh
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps ./$(NATIVE)
+	touch $@
+
+setup: $(BIN)/.installed $(BIN)/.native
 	scripts/system-deps.sh
 	$(BIN)/eventplatform kafka install
 	mkdir -p $(EP_DATA_DIR)
