@@ -82,8 +82,19 @@ def events_to_arrow(
     ``from_pylist``, which fills absent payload fields with nulls: about 1.7x faster than
     building each column with a Python comprehension.
     """
-    n = len(events)
     body = pa.Table.from_pylist([{**e, **e["payload"]} for e in events], schema=_body_schema())
+    return with_kafka_columns(body, kafka_topic, kafka_partition, kafka_offset, landed_ms)
+
+
+def with_kafka_columns(
+    body: pa.Table,
+    kafka_topic: list[str] | str,
+    kafka_partition: list[int] | int,
+    kafka_offset: list[int],
+    landed_ms: int,
+) -> pa.Table:
+    """Body columns (``_body_schema()``) plus where each row came from: the landed table."""
+    n = body.num_rows
     kafka_columns = [
         pa.array([kafka_topic] * n if isinstance(kafka_topic, str) else kafka_topic, pa.string()),
         pa.array(
@@ -93,7 +104,9 @@ def events_to_arrow(
         pa.array(kafka_offset, pa.int64()),
         pa.array([landed_ms] * n, TIMESTAMP),
     ]
-    return pa.Table.from_arrays([*body.columns, *kafka_columns], schema=landed_schema())
+    for field, column in zip(KAFKA_FIELDS, kafka_columns, strict=True):
+        body = body.append_column(field, column)
+    return body
 
 
 @functools.cache

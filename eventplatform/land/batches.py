@@ -14,8 +14,9 @@ from typing import Protocol
 import pyarrow as pa
 from confluent_kafka import Message
 
-from eventplatform.events import DecodeError, EventCodec
-from eventplatform.events.arrow import events_to_arrow, landed_schema
+from eventplatform.events import DecodeError
+from eventplatform.events.arrow import landed_schema, with_kafka_columns
+from eventplatform.events.columnar import ColumnarDecoder
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA, DeadLetter, parse_dead_letter
 from eventplatform.land.lake import OffsetRange, WrittenFile, write_dead_letters, write_events
 
@@ -32,7 +33,8 @@ class RowBuilder(Protocol):
 
 
 class EventRows:
-    """Contract events: decoded with the codec; undecodable bytes become dead letters."""
+    """Contract events, decoded column by column (the native decoder); undecodable bytes
+    become dead letters."""
 
     kind = "events"
     clickhouse_table = "events"
@@ -40,36 +42,37 @@ class EventRows:
     write_lake = staticmethod(write_events)
 
     def __init__(self) -> None:
-        self.codec = EventCodec()
+        self.decoder = ColumnarDecoder()
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
-        decode = self.codec.decode
-        events, partitions, offsets, dead = [], [], [], []
-        for message in messages:
-            value = message.value()
-            try:
-                events.append(decode(value))
-            except DecodeError as exc:
-                key = message.key()
-                dead.append(
-                    DeadLetter(
-                        reason=exc.reason,
-                        detail=exc.detail,
-                        stage="land",
-                        value=value or b"",
-                        customer_id=key.decode(errors="replace") if key else None,
-                        source_topic=message.topic(),
-                        source_partition=message.partition(),
-                        source_offset=message.offset(),
-                    )
-                )
-                continue
-            partitions.append(message.partition())
-            offsets.append(message.offset())
-        if not events:
+        body, errors = self.decoder.decode([m.value() for m in messages])
+        bad = {index for index, _ in errors}
+        good = [m for i, m in enumerate(messages) if i not in bad] if bad else messages
+        dead = [_dead_letter(messages[i], exc) for i, exc in errors]
+        if not good:
             return landed_schema().empty_table(), dead
-        topic = messages[0].topic()
-        return events_to_arrow(events, topic, partitions, offsets, landed_ms), dead
+        table = with_kafka_columns(
+            body,
+            messages[0].topic(),
+            [m.partition() for m in good],
+            [m.offset() for m in good],
+            landed_ms,
+        )
+        return table, dead
+
+
+def _dead_letter(message: Message, exc: DecodeError) -> DeadLetter:
+    key = message.key()
+    return DeadLetter(
+        reason=exc.reason,
+        detail=exc.detail,
+        stage="land",
+        value=message.value() or b"",
+        customer_id=key.decode(errors="replace") if key else None,
+        source_topic=message.topic(),
+        source_partition=message.partition(),
+        source_offset=message.offset(),
+    )
 
 
 class DeadLetterRows:
