@@ -178,10 +178,12 @@ def test_an_interrupted_run_stops_between_batches(topics: Settings, tmp_path: Pa
     ]
 
 
-def committed(settings: Settings) -> int:
+def committed(settings: Settings, topic: str | None = None, partitions: int = 4) -> int:
+    """Messages the landing group has committed on a topic (events.raw unless told)."""
     consumer = make_consumer(settings.kafka.bootstrap, settings.land.group_id)
     offsets = consumer.committed(
-        [TopicPartition(settings.kafka.raw_topic, p) for p in range(4)], timeout=10
+        [TopicPartition(topic or settings.kafka.raw_topic, p) for p in range(partitions)],
+        timeout=10,
     )
     consumer.close()
     return sum(max(0, tp.offset) for tp in offsets)
