@@ -136,10 +136,13 @@ def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
+    from eventplatform.marts.cli import marts, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
 
     for command in (campaigns, customers, collect, ingest, simulate_command, demo_setup_command):
         main.add_command(command)
+    main.add_command(marts)
+    main.add_command(sql_command)
 
 
 _register_domain_commands()

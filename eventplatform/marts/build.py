@@ -32,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from eventplatform.events.arrow import KAFKA_FIELDS, landed_schema
@@ -130,11 +131,12 @@ class MartBuilder:
 
     # -- the day's relations -------------------------------------------------------------
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def _connect(self, spill: bool = True) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(config={"memory_limit": self.settings.marts.duckdb_memory_limit})
-        tmp = self.settings.data_dir / "duckdb_tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{tmp}'")
+        if spill:  # big days spill to disk instead of failing
+            tmp = self.settings.data_dir / "duckdb_tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{tmp}'")
         con.execute("SET TimeZone = 'UTC'")
         return con
 
@@ -294,7 +296,28 @@ class MartBuilder:
             for name, (table, part) in computed.items():
                 mirror_day(self.clickhouse, self.by_name[name], day, table)
                 part.mirrored = True
+                part.reconciliations.extend(self.compare_mirror(name, day, table))
         return [part for _, part in computed.values()]
+
+    def compare_mirror(self, name: str, day: date, table: pa.Table) -> list[ReconcileResult]:
+        """The ClickHouse copy of the day has the same rows and column sums as the build."""
+        from eventplatform.marts.mirror import partition_totals
+
+        numeric = [
+            f.name
+            for f in table.schema
+            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+        ]
+        rows, sums = partition_totals(self.clickhouse, self.by_name[name], day, numeric)
+        results = [ReconcileResult("clickhouse count(*) == duckdb count(*)", rows, table.num_rows)]
+        for column in numeric:
+            built = pc.sum(table.column(column)).as_py() or 0
+            results.append(
+                ReconcileResult(
+                    f"clickhouse sum({column}) == duckdb sum({column})", sums[column], built
+                )
+            )
+        return results
 
     def build_range(
         self, start: date, end: date, names: Iterable[str] | None = None
@@ -403,7 +426,7 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 def output_schema(settings, mart: Mart) -> pa.Schema:
     """The mart's columns and types, from running its SQL over empty inputs."""
     builder = MartBuilder(settings, [mart])
-    con = builder._connect()
+    con = builder._connect(spill=False)
     try:
         empty = DayInputs(date(2000, 1, 3), (), (), "empty")
         builder._prepare(con, empty, [empty])
