@@ -30,6 +30,7 @@ from dagster import (
     RunRequest,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     TableColumn,
     TableSchema,
@@ -176,7 +177,6 @@ def marts(context: AssetExecutionContext, platform: PlatformResource):
 marts_job = define_asset_job(
     "marts_job",
     selection=AssetSelection.assets(*MART_KEYS),
-    partitions_def=marts_partitions,
     description="Builds the analytic marts for a day (or a range, in one run).",
 )
 
@@ -246,19 +246,23 @@ def stale_partitions(instance, settings: Settings, today: date) -> dict[str, dic
     description="Rebuilds a built day when events for it (or for the days its marts look back "
     "on) landed after it was built, within EP_MARTS_LATE_ARRIVAL_DAYS days before today.",
 )
-def marts_late_data(context: SensorEvaluationContext):
+def marts_late_data(context: SensorEvaluationContext) -> SensorResult:
     stale = stale_partitions(context.instance, get_settings(), datetime.now(UTC).date())
     if not stale:
-        return SkipReason("no built partition has new landed files")
+        return SensorResult(skip_reason=SkipReason("no built partition has new landed files"))
+    requests = []
     for key, marts_to_build in sorted(stale.items()):
         token = hashlib.sha256(json.dumps(marts_to_build, sort_keys=True).encode()).hexdigest()
         context.log.info(f"late data for {key}: rebuilding {', '.join(sorted(marts_to_build))}")
-        yield RunRequest(
-            run_key=f"marts-late-{key}-{token[:16]}",
-            partition_key=key,
-            asset_selection=[AssetKey(n) for n in sorted(marts_to_build)],
-            tags={"eventplatform/reason": "late-data"},
+        requests.append(
+            RunRequest(
+                run_key=f"marts-late-{key}-{token[:16]}",
+                partition_key=key,
+                asset_selection=[AssetKey(n) for n in sorted(marts_to_build)],
+                tags={"eventplatform/reason": "late-data"},
+            )
         )
+    return SensorResult(run_requests=requests)
 
 
 MARTS_ASSETS = [marts]
