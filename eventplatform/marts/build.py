@@ -128,6 +128,7 @@ class MartBuilder:
         self.lake_dir: Path = settings.lake_dir
         self.warehouse_path: Path = settings.warehouse_path
         self.clickhouse = clickhouse
+        self.timings: dict[str, float] = {}  # seconds per stage of the last build_day
 
     # -- the day's relations -------------------------------------------------------------
 
@@ -248,7 +249,9 @@ class MartBuilder:
         out: dict[str, tuple[pa.Table, MartPartition]] = {}
         con = self._connect()
         try:
+            start = time.perf_counter()
             self._prepare(con, today, history)
+            self.timings["prepare"] = time.perf_counter() - start
             for mart in marts:
                 start = time.perf_counter()
                 table = con.sql(mart.sql, params=self._params(mart.sql, day)).to_arrow_table()
@@ -286,10 +289,18 @@ class MartBuilder:
 
     def build_day(self, day: date, names: Iterable[str] | None = None) -> list[MartPartition]:
         """Compute, then write Parquet, the warehouse and the ClickHouse mirror for one day."""
+        self.timings = {}
+        start = time.perf_counter()
         computed = self.compute_day(day, names)
+        self.timings["marts"] = time.perf_counter() - start - self.timings["prepare"]
+        start = time.perf_counter()
         for table, part in computed.values():
             write_parquet(part.parquet_path, table)
+        self.timings["parquet"] = time.perf_counter() - start
+        start = time.perf_counter()
         self.load_warehouse(day, {name: table for name, (table, _) in computed.items()})
+        self.timings["warehouse"] = time.perf_counter() - start
+        start = time.perf_counter()
         if self.clickhouse is not None:
             from eventplatform.marts.mirror import mirror_day
 
@@ -297,6 +308,7 @@ class MartBuilder:
                 mirror_day(self.clickhouse, self.by_name[name], day, table)
                 part.mirrored = True
                 part.reconciliations.extend(self.compare_mirror(name, day, table))
+        self.timings["clickhouse"] = time.perf_counter() - start
         return [part for _, part in computed.values()]
 
     def compare_mirror(self, name: str, day: date, table: pa.Table) -> list[ReconcileResult]:
