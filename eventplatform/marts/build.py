@@ -143,27 +143,33 @@ class MartBuilder:
 
     def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs, history: list[DayInputs]):
         columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+        overflow = _literal(self.settings.kafka.overflow_topic)
         if day.events:
-            files = [str(p) for p in day.events]
-            con.execute(
-                f"CREATE TEMP TABLE events_raw AS SELECT {columns}, "
-                f"kafka_topic = $overflow AS is_overflow, ({event_bytes_sql()})::BIGINT "
-                "AS event_bytes, $day::DATE AS event_date "
-                "FROM read_parquet($files, union_by_name = true, hive_partitioning = false)",
-                {"files": files, "overflow": self.settings.kafka.overflow_topic, "day": day.day},
-            )
+            files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
+            source = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
         else:
-            empty = landed_schema().empty_table().select(list(EVENT_COLUMNS))
+            empty = landed_schema().empty_table()
             con.register("_empty_events", empty)
-            con.execute(
-                f"CREATE TEMP TABLE events_raw AS SELECT {columns}, false AS is_overflow, "
-                "0::BIGINT AS event_bytes, $day::DATE AS event_date FROM _empty_events",
-                {"day": day.day},
-            )
+            source = "_empty_events"
+        # A view: each reader scans only the columns it needs (projection pushdown).
         con.execute(
-            "CREATE TEMP TABLE events AS SELECT * FROM events_raw QUALIFY row_number() OVER "
-            "(PARTITION BY event_id ORDER BY landed_ts, kafka_topic, kafka_partition, "
-            "kafka_offset) = 1"
+            f"CREATE TEMP VIEW events_raw AS SELECT {columns}, kafka_topic = {overflow} "
+            f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
+            f"DATE '{day.day.isoformat()}' AS event_date FROM {source}"
+        )
+        # Dedupe: most events are landed once, so only the rows of repeated ids go through
+        # the window (first landed wins); the rest stream through an anti-join.
+        con.execute(
+            "CREATE TEMP TABLE _repeated AS SELECT event_id FROM events_raw "
+            "GROUP BY event_id HAVING count(*) > 1"
+        )
+        con.execute(
+            "CREATE TEMP TABLE events AS "
+            "SELECT * FROM events_raw WHERE event_id NOT IN (SELECT event_id FROM _repeated) "
+            "UNION ALL "
+            "SELECT * FROM events_raw WHERE event_id IN (SELECT event_id FROM _repeated) "
+            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY landed_ts, kafka_topic, "
+            "kafka_partition, kafka_offset) = 1"
         )
         if day.dead_letters:
             con.execute(
@@ -417,6 +423,10 @@ class MartBuilder:
                 con.execute(
                     f'COMMENT ON COLUMN "{mart.name}"."{column}" IS \'{_quote(description)}\''
                 )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _quote(text: str) -> str:

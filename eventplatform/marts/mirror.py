@@ -8,6 +8,7 @@ written and a rebuild never doubles it.
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 
 import pyarrow as pa
@@ -55,7 +56,7 @@ def mirror_day(clickhouse: ClickHouse, mart: Mart, day: date, table: pa.Table) -
     """Replace the day's partition of the mart's ClickHouse table with ``table``."""
     db = clickhouse.database
     target = f"{db}.{mart.name}"
-    stage = f"{db}.{mart.name}__stage_{day.strftime('%Y%m%d')}"
+    stage = f"{db}.{mart.name}__stage_{day.strftime('%Y%m%d')}_{uuid.uuid4().hex[:8]}"
     partition = day.strftime("%Y%m%d")
     with clickhouse.session() as client:
         client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
