@@ -178,6 +178,7 @@ marts_job = define_asset_job(
     "marts_job",
     selection=AssetSelection.assets(*MART_KEYS),
     description="Builds the analytic marts for a day (or a range, in one run).",
+    tags={"eventplatform/marts": "build"},  # dagster.yaml: one such run at a time
 )
 
 

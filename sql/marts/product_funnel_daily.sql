@@ -16,21 +16,25 @@
 --   FROM events WHERE user_id IS NOT NULL
 --   AND event_type = (SELECT event_type FROM funnel_steps WHERE step = 1))
 -- reconcile: count(*) FILTER (WHERE conversion_from_previous > 1) == 0
-WITH RECURSIVE reached(customer_id, user_id, step, reached_ts) AS (
-    SELECT e.customer_id, e.user_id, 1, min(e.event_ts)
+WITH RECURSIVE funnel_events AS MATERIALIZED (  -- only the funnel's events, with their step
+    SELECT e.customer_id, e.user_id, s.step, e.event_ts
     FROM events AS e
-    JOIN funnel_steps AS s ON s.step = 1 AND s.event_type = e.event_type
+    JOIN funnel_steps AS s ON s.event_type = e.event_type
     WHERE e.user_id IS NOT NULL
+),
+reached(customer_id, user_id, step, reached_ts) AS (
+    SELECT customer_id, user_id, 1, min(event_ts)
+    FROM funnel_events
+    WHERE step = 1
     GROUP BY ALL
     UNION ALL
-    SELECT r.customer_id, r.user_id, r.step + 1, min(e.event_ts)
+    SELECT r.customer_id, r.user_id, r.step + 1, min(f.event_ts)
     FROM reached AS r
-    JOIN funnel_steps AS s ON s.step = r.step + 1
-    JOIN events AS e
-        ON e.customer_id = r.customer_id
-        AND e.user_id = r.user_id
-        AND e.event_type = s.event_type
-        AND e.event_ts >= r.reached_ts
+    JOIN funnel_events AS f
+        ON f.customer_id = r.customer_id
+        AND f.user_id = r.user_id
+        AND f.step = r.step + 1
+        AND f.event_ts >= r.reached_ts
     GROUP BY ALL
 ),
 per_step AS (

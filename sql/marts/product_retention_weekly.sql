@@ -22,40 +22,34 @@ WITH bounds AS (
         date_trunc('week', $event_date::DATE)::DATE AS activity_week,
         date_trunc('week', $event_date::DATE)::DATE - 7 * $retention_weeks AS lookback_start
 ),
-seen AS (
-    SELECT a.customer_id, a.user_id, a.event_date
+users AS (  -- one row per user seen in the lookback: their cohort, and whether active now
+    SELECT
+        a.customer_id,
+        a.user_id,
+        date_trunc('week', min(a.event_date))::DATE AS cohort_week,
+        bool_or(a.event_date >= b.activity_week) AS active
     FROM activity_window AS a, bounds AS b
     WHERE a.event_date >= b.lookback_start AND a.event_date <= $event_date::DATE
-),
-first_seen AS (
-    SELECT customer_id, user_id, date_trunc('week', min(event_date))::DATE AS cohort_week
-    FROM seen
-    GROUP BY ALL
+    GROUP BY a.customer_id, a.user_id
 ),
 cohorts AS (
-    SELECT customer_id, cohort_week, count(*) AS cohort_users FROM first_seen GROUP BY ALL
-),
-active AS (
-    SELECT DISTINCT s.customer_id, s.user_id
-    FROM seen AS s, bounds AS b
-    WHERE s.event_date >= b.activity_week
-),
-retained AS (
-    SELECT a.customer_id, f.cohort_week, count(*) AS retained_users
-    FROM active AS a
-    JOIN first_seen AS f USING (customer_id, user_id)
+    SELECT
+        customer_id,
+        cohort_week,
+        count(*) AS cohort_users,
+        count(*) FILTER (WHERE active) AS retained_users
+    FROM users
     GROUP BY ALL
 )
 SELECT
     $event_date::DATE AS event_date,
-    r.customer_id,
+    c.customer_id,
     b.activity_week,
-    r.cohort_week,
-    ((b.activity_week - r.cohort_week) // 7)::BIGINT AS week_number,
+    c.cohort_week,
+    ((b.activity_week - c.cohort_week) // 7)::BIGINT AS week_number,
     c.cohort_users,
-    r.retained_users,
-    round(r.retained_users / c.cohort_users, 6) AS retention
-FROM retained AS r
-JOIN cohorts AS c USING (customer_id, cohort_week)
-CROSS JOIN bounds AS b
+    c.retained_users,
+    round(c.retained_users / c.cohort_users, 6) AS retention
+FROM cohorts AS c, bounds AS b
+WHERE c.retained_users > 0
 ORDER BY customer_id, cohort_week
