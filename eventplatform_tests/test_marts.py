@@ -290,3 +290,26 @@ def test_a_changed_mart_rebuilds_its_tables_from_the_parquet_exports(
         mart_env,
         "SELECT event_date, sum(margin) FROM publisher_revenue_daily GROUP BY 1 ORDER BY 1",
     ) == [(D1, 2.25), (D2, 0.125)]
+
+
+def test_a_mart_file_without_its_header_is_refused(tmp_path: Path) -> None:
+    from eventplatform.marts.catalog import MartFileError
+
+    path = tmp_path / "bad_mart.sql"
+    path.write_text("-- name: bad_mart\n-- owners: team:x\n-- grain: event_date\nSELECT 1\n")
+    with pytest.raises(MartFileError, match="no '-- description:' line"):
+        parse_mart(path)
+    path.write_text(
+        "-- name: bad_mart\n-- description: d\n-- owners: team:x\n-- grain: event_date\n"
+        "-- column event_date: the day\n-- reconcile: sum(x) = 1\nSELECT 1\n"
+    )
+    with pytest.raises(MartFileError, match="reconcile needs one ' == '"):
+        parse_mart(path)
+    path.write_text(
+        "-- name: bad_mart\n-- description: a mart\n--   on two lines\n-- owners: team:x\n"
+        "-- grain: event_date\n-- column event_date: the day\n-- reconcile: count(*) == 1\n"
+        "SELECT $event_date::DATE AS event_date\n"
+    )
+    mart = parse_mart(path)
+    assert mart.description == "a mart on two lines"
+    assert mart.parameters == {"event_date"} and not mart.reads_history
