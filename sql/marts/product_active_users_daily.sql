@@ -17,14 +17,19 @@
 --   WHERE user_id IS NOT NULL)
 -- reconcile: sum(sessions) == (SELECT count(DISTINCT (customer_id, session_id)) FROM events
 --   WHERE session_id IS NOT NULL)
-WITH window_users AS (
-    SELECT
-        customer_id,
-        count(DISTINCT user_id) FILTER (WHERE event_date = $event_date::DATE) AS dau,
-        count(DISTINCT user_id) FILTER (WHERE event_date > $event_date::DATE - 7) AS wau,
-        count(DISTINCT user_id) AS mau
+WITH last_seen AS (  -- each user's last active day in the 30 days ending on the day
+    SELECT customer_id, user_id, max(event_date) AS last_day
     FROM activity_window
     WHERE event_date > $event_date::DATE - 30 AND event_date <= $event_date::DATE
+    GROUP BY ALL
+),
+window_users AS (
+    SELECT
+        customer_id,
+        count(*) FILTER (WHERE last_day = $event_date::DATE) AS dau,
+        count(*) FILTER (WHERE last_day > $event_date::DATE - 7) AS wau,
+        count(*) AS mau
+    FROM last_seen
     GROUP BY ALL
 ),
 day AS (
