@@ -61,6 +61,11 @@ def build(start: str, end: str | None, names: tuple[str, ...], no_dagster: bool)
     if last < first:
         raise click.BadParameter("--end is before --start")
     settings = get_settings()
+    if first < date.fromisoformat(settings.marts.start_date):
+        raise click.BadParameter(
+            f"{first} is before the first partition {settings.marts.start_date} "
+            "(EP_MARTS_START_DATE)"
+        )
     if no_dagster:
         from eventplatform.clickhouse import ClickHouse
         from eventplatform.marts.build import MartBuilder
