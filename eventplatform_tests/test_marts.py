@@ -313,3 +313,25 @@ def test_a_mart_file_without_its_header_is_refused(tmp_path: Path) -> None:
     mart = parse_mart(path)
     assert mart.description == "a mart on two lines"
     assert mart.parameters == {"event_date"} and not mart.reads_history
+
+
+def test_tables_carry_the_descriptions_in_both_engines(
+    built, mart_env: Settings, clickhouse: ClickHouse
+) -> None:
+    ctr = "clicks / impressions (NULL without impressions)."
+    assert warehouse(
+        mart_env,
+        "SELECT comment FROM duckdb_columns() "
+        "WHERE table_name = 'campaign_performance_daily' AND column_name = 'ctr'",
+    ) == [(ctr,)]
+    (table_comment,) = warehouse(
+        mart_env, "SELECT comment FROM duckdb_tables() WHERE table_name = 'customer_usage_daily'"
+    )[0]
+    assert table_comment.startswith("What each customer sent per day (UTC)")
+    with clickhouse.session() as client:
+        rows = client.query(
+            "SELECT comment FROM system.columns WHERE database = %(db)s "
+            "AND table = 'campaign_performance_daily' AND name = 'ctr'",
+            parameters={"db": clickhouse.database},
+        ).result_rows
+    assert rows == [(ctr,)]
