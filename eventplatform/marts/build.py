@@ -165,9 +165,9 @@ class MartBuilder:
         )
         con.execute(
             "CREATE TEMP TABLE events AS "
-            "SELECT * FROM events_raw WHERE event_id NOT IN (SELECT event_id FROM _repeated) "
+            "SELECT r.* FROM events_raw AS r ANTI JOIN _repeated USING (event_id) "
             "UNION ALL "
-            "SELECT * FROM events_raw WHERE event_id IN (SELECT event_id FROM _repeated) "
+            "SELECT r.* FROM events_raw AS r SEMI JOIN _repeated USING (event_id) "
             "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY landed_ts, kafka_topic, "
             "kafka_partition, kafka_offset) = 1"
         )
