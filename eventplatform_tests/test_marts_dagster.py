@@ -222,3 +222,39 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     assert exported.returncode == 0 and pq.read_table(out).num_rows == 12
     bad = run_cli("sql", "SELECT nope FROM campaign_performance_daily", env=env)
     assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_dagster_cli_materializes_a_partition_range_in_one_run(
+    mart_env: Settings, tmp_path: Path
+) -> None:
+    make_lake(mart_env.lake_dir)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    env = {**os.environ, "EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(home)}
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "eventplatform.defs",
+            "--select",
+            "campaign_performance_daily,customer_usage_daily",
+            "--partition-range",
+            f"{D1}...{D2}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_materialized_partitions(AssetKey("customer_usage_daily")) == {
+            str(D1),
+            str(D2),
+        }
+        assert not instance.get_materialized_partitions(AssetKey("product_funnel_daily"))
+        assert len(instance.get_run_records()) == 1
+    assert impressions(mart_env, D1) == 6 and impressions(mart_env, D2) == 1
