@@ -258,3 +258,43 @@ def test_dagster_cli_materializes_a_partition_range_in_one_run(
         assert not instance.get_materialized_partitions(AssetKey("product_funnel_daily"))
         assert len(instance.get_run_records()) == 1
     assert impressions(mart_env, D1) == 6 and impressions(mart_env, D2) == 1
+
+
+def test_the_check_alone_compares_the_stored_day_with_the_events(
+    mart_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run alone, the check looks at the built days of the late-arrival window."""
+    monkeypatch.setenv("EP_MARTS_LATE_ARRIVAL_DAYS", "3650")  # the test's days are in 2026
+    get_settings.cache_clear()
+    from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
+
+    make_lake(mart_env.lake_dir)
+    assert build(instance, D1).success
+    check = AssetSelection.checks(
+        AssetCheckKey(AssetKey("campaign_performance_daily"), "reconciles_with_events")
+    )
+
+    job = (
+        Definitions(
+            assets=[marts],
+            jobs=[define_asset_job("check_alone", selection=check)],
+            resources={"platform": PlatformResource()},
+        )
+        .get_repository_def()
+        .get_job("check_alone")
+    )
+
+    def run_check():  # as the UI's "Execute check" on a partition
+        result = job.execute_in_process(instance=instance)
+        assert not result.asset_materializations_for_node("marts")  # nothing rebuilt
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    assert run_check().passed
+    con = duckdb.connect(str(mart_env.warehouse_path))  # someone edits the stored day
+    con.execute("DELETE FROM campaign_performance_daily WHERE campaign_id = 'cmp-2'")
+    con.close()
+    failing = run_check()
+    assert not failing.passed
+    assert "sum(impressions) == " in failing.metadata["details"].value
+    assert "mart 4.0 vs events 6.0" in failing.metadata["details"].value

@@ -139,7 +139,18 @@ def marts(context: AssetExecutionContext, platform: PlatformResource):
     settings = platform.settings()
     builder = _builder(settings)
     names = [k.path[-1] for k in context.selected_asset_keys]
-    days = [date.fromisoformat(k) for k in context.partition_keys]
+    checks = {k.asset_key.path[-1] for k in context.selected_asset_check_keys}
+    if context.has_partition_key or context.has_partition_key_range:
+        days = [date.fromisoformat(k) for k in context.partition_keys]
+    else:  # checks run alone (Dagster runs them without a partition): the recent built days
+        today = datetime.now(UTC).date()
+        recent = {
+            str(today - timedelta(days=n)) for n in range(settings.marts.late_arrival_days + 1)
+        }
+        built_days = set().union(
+            *(context.instance.get_materialized_partitions(AssetKey(n)) for n in checks)
+        )
+        days = sorted(date.fromisoformat(k) for k in recent & built_days)
     built: dict[str, list[MartPartition]] = {n: [] for n in names}
     types: dict[str, dict[str, str]] = {}
     for day in days:
@@ -152,7 +163,12 @@ def marts(context: AssetExecutionContext, platform: PlatformResource):
     for name in names:
         schema = output_schema(settings, builder.by_name[name])
         types[name] = {f.name: str(f.type) for f in schema}
-    checks = {k.asset_key.path[-1] for k in context.selected_asset_check_keys}
+    for name in sorted(checks - set(names)):  # a check run alone: the stored day vs events
+        parts = []
+        for day in days:
+            results = builder.reconcile_stored(day, [name])[name]
+            parts.append(MartPartition(name, day, 0, "", builder.parquet_path(name, day), results))
+        yield _check_result(name, parts)
     for name in names:
         parts = built[name]
         yield MaterializeResult(
