@@ -183,6 +183,7 @@ def _register_domain_commands() -> None:
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
     from eventplatform.land.cli import land_command
+    from eventplatform.marts.cli import marts, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
 
     for command in (
@@ -195,6 +196,8 @@ def _register_domain_commands() -> None:
         demo_setup_command,
     ):
         main.add_command(command)
+    main.add_command(marts)
+    main.add_command(sql_command)
 
 
 _register_domain_commands()

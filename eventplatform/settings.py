@@ -207,6 +207,51 @@ class QualitySettings(BaseSettings):
         return self.overrides.get(customer_id, {}).get(name, getattr(self, name))
 
 
+class MartSettings(BaseSettings):
+    """The analytic marts: where they are stored, how they are built and rebuilt."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_MARTS_", extra="ignore")
+
+    warehouse_path: Path | None = Field(
+        default=None, description="The DuckDB warehouse file. Default: <data_dir>/warehouse.duckdb."
+    )
+    start_date: str = Field(
+        default="2026-01-01", description="First daily partition (UTC, YYYY-MM-DD)."
+    )
+    late_arrival_days: int = Field(
+        default=3,
+        description="Days back (before today, UTC) in which late events cause a rebuild.",
+    )
+    funnel_steps: str = Field(
+        default="page_view,click,signup,purchase",
+        description="The product funnel: event types in order, comma separated.",
+    )
+    retention_weeks: int = Field(
+        default=8, description="Lookback of the weekly retention cohorts, in weeks."
+    )
+    mirror_clickhouse: bool = Field(
+        default=True, description="Mirror each built partition to ClickHouse tables."
+    )
+    daily_cron: str = Field(
+        default="30 0 * * *", description="When yesterday's partition is built (UTC)."
+    )
+    intraday_cron: str = Field(
+        default="*/15 * * * *", description="How often today's partition is rebuilt (UTC)."
+    )
+    sensor_interval_s: int = Field(default=120, description="How often late data is looked for.")
+    duckdb_memory_limit: str = "4GB"
+    lock_timeout_s: float = Field(
+        default=120.0, description="How long a build waits for the warehouse file's lock."
+    )
+
+    @property
+    def funnel(self) -> list[str]:
+        steps = [s.strip() for s in self.funnel_steps.split(",") if s.strip()]
+        if not steps:
+            raise ValueError("EP_MARTS_FUNNEL_STEPS names no event type")
+        return steps
+
+
 class Settings:
     """The composed settings. Build with :func:`get_settings` (cached) or directly in tests."""
 
@@ -219,6 +264,7 @@ class Settings:
         self.budgets = BudgetSettings()
         self.land = LandSettings()
         self.quality = QualitySettings()
+        self.marts = MartSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -249,6 +295,10 @@ class Settings:
         return self.quality.alert_log_file or self.data_dir / "alerts.log"
 
     @property
+    def warehouse_path(self) -> Path:
+        return self.marts.warehouse_path or self.data_dir / "warehouse.duckdb"
+
+    @property
     def kafka_libs_dir(self) -> Path:
         if self.kafka.kafka_home:
             return self.kafka.kafka_home / "libs"
@@ -266,12 +316,14 @@ class Settings:
             "budgets",
             "land",
             "quality",
+            "marts",
         ):
             for key, value in getattr(self, section).model_dump().items():
                 out[f"{section}.{key}"] = str(value) if isinstance(value, Path) else value
         out["derived.kafka_bootstrap"] = self.kafka.bootstrap
         out["derived.clickhouse_dsn"] = self.clickhouse_dsn
         out["derived.lake_dir"] = str(self.lake_dir)
+        out["derived.warehouse_path"] = str(self.warehouse_path)
         out["derived.dagster_home"] = str(self.dagster_home)
         out["derived.kafka_libs_dir"] = str(self.kafka_libs_dir)
         return out

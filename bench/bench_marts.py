@@ -1,0 +1,186 @@
+"""Build time of one day's marts against DuckDB's bare scan of the same Parquet files.
+
+    .venv/bin/python bench/bench_marts.py [--events 10000000] [--scans 3] [--no-clickhouse]
+
+Generates one day of landed events straight into a throwaway lake with pyarrow/numpy (the
+landed schema, one file per hour as the landing job writes them, 1 % duplicated event ids,
+a realistic mix of ad and product events), then, in the same run:
+
+- the bare scan: DuckDB reads every column of every file (``count(col)`` for each column,
+  so each is decoded), median of ``--scans`` runs;
+- the build: all marts for the day (dedupe, six marts, reconciliation, Parquet export,
+  warehouse load, and the ClickHouse mirror unless ``--no-clickhouse``).
+
+Prints the figures and the ratio build / scan, in wall time and in CPU time (the machine may
+be shared: CPU time moves less with other load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+DAY = date(2026, 11, 23)
+TYPES = ["page_view", "click", "signup", "purchase", "impression", "ad_click", "conversion", "bid"]
+WEIGHTS = [0.28, 0.14, 0.02, 0.01, 0.42, 0.06, 0.01, 0.06]
+AD = {"impression", "ad_click", "conversion", "bid"}
+
+
+def _pool(prefix: str, n: int) -> pa.Array:
+    return pa.array([f"{prefix}{i}" for i in range(n)], pa.string())
+
+
+def generate(lake: Path, events: int, seed: int = 7) -> tuple[int, int]:
+    """One day of landed events, one file per hour; returns (rows, bytes on disk)."""
+    from eventplatform.events.arrow import landed_schema
+
+    schema = landed_schema()
+    rng = np.random.default_rng(seed)
+    customers = _pool("cust-", 20)
+    customer_p = 1 / np.arange(1, 21) ** 1.1
+    customer_p /= customer_p.sum()
+    users, sessions, campaigns = _pool("u-", 500_000), _pool("s-", 2_000_000), _pool("cmp-", 200)
+    sites, publishers = _pool("site-", 300), _pool("pub-", 60)
+    devices = pa.array(["desktop", "mobile", "tablet", "ctv"])
+    urls = _pool("https://shop.example/p/", 5000)
+    type_ids = pa.array(TYPES)
+    day_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
+    per_hour = np.full(24, events // 24)
+    per_hour[: events % 24] += 1
+    written = size = 0
+    offset = 0
+    for hour, n in enumerate(per_hour):
+        n = int(n)
+        types = rng.choice(len(TYPES), n, p=WEIGHTS)
+        is_ad = np.isin(types, [TYPES.index(t) for t in AD])
+        is_product = ~is_ad
+        ids = np.arange(offset, offset + n)
+        dup = rng.random(n) < 0.01  # 1 % of rows repeat an earlier event of the hour
+        ids[dup] = offset + (rng.random(dup.sum()) * (np.arange(n)[dup] + 1)).astype(np.int64)
+        event_ts = day_ms + hour * 3_600_000 + rng.integers(0, 3_600_000, n)
+        customer = rng.choice(20, n, p=customer_p)
+        campaign = rng.integers(0, 10, n)
+        site = (customer * 15 + rng.integers(0, 30, n)) % 300
+        cost = np.where(types == 4, 0.0025, np.where(types == 5, 0.4, 5.0))
+        columns = {
+            "event_id": pc.binary_join_element_wise("ev-", pc.cast(pa.array(ids), pa.string()), ""),
+            "event_type": type_ids.take(pa.array(types)),
+            "event_ts": pa.array(event_ts, pa.timestamp("ms", tz="UTC")),
+            "received_ts": pa.array(event_ts + 50, pa.timestamp("ms", tz="UTC")),
+            "customer_id": customers.take(pa.array(customer)),
+            "source": pa.array(["web-sdk"] * n),
+            "schema_version": pa.array(np.full(n, 2, np.int32)),
+            "user_id": users.take(pa.array(rng.integers(0, 500_000, n))),
+            "session_id": sessions.take(pa.array(rng.integers(0, 2_000_000, n))),
+            "device": devices.take(pa.array(rng.integers(0, 4, n))),
+            "url": urls.take(pa.array(rng.integers(0, 5000, n), mask=~(types <= 1))),
+            # each customer runs its 10 campaigns on 30 of the 300 sites; 5 sites per publisher
+            "campaign_id": campaigns.take(pa.array(customer * 10 + campaign, mask=is_product)),
+            "site_id": sites.take(pa.array(site, mask=is_product)),
+            "publisher_id": publishers.take(pa.array(site // 5, mask=is_product)),
+            "pricing_model": pa.array(np.where(types == 4, "CPM", "CPC"), mask=~is_ad),
+            "cost": pa.array(cost, mask=~(is_ad & (types != 7))),
+            "revenue": pa.array(cost * 0.7, mask=~(is_ad & (types != 7))),
+            "value": pa.array(np.full(n, 80.0), mask=types != 6),
+            "amount": pa.array(np.full(n, 59.9), mask=types != 3),
+            "currency": pa.array(np.where(is_ad, "USD", "EUR"), mask=~(is_ad | (types == 3))),
+            "bid_price": pa.array(np.full(n, 2.5), mask=types != 7),
+            "kafka_topic": pa.array(["events.raw"] * n),
+            "kafka_partition": pa.array(np.full(n, hour % 12, np.int32)),
+            "kafka_offset": pa.array(np.arange(offset, offset + n)),
+            "landed_ts": pa.array(event_ts + 2000, pa.timestamp("ms", tz="UTC")),
+        }
+        table = pa.table(
+            {
+                f.name: columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
+                for f in schema
+            },
+            schema=schema,
+        )
+        folder = lake / "events" / f"event_date={DAY}" / f"event_hour={hour:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"events.raw+{hour % 12}+{offset}-{offset + n - 1}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        written += n
+        size += path.stat().st_size
+        offset += n
+    return written, size
+
+
+def bare_scan(files: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process's threads) of DuckDB reading every column."""
+    from eventplatform.events.arrow import landed_schema
+
+    counts = ", ".join(f'count("{f.name}")' for f in landed_schema())
+    con = duckdb.connect()
+    start, cpu = time.perf_counter(), time.process_time()
+    con.execute(f"SELECT {counts} FROM read_parquet($f)", {"f": files}).fetchall()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    con.close()
+    return elapsed, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--scans", type=int, default=3)
+    parser.add_argument("--no-clickhouse", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ep-bench-marts-") as tmp:
+        os.environ["EP_DATA_DIR"] = tmp
+        from eventplatform.clickhouse import ClickHouse
+        from eventplatform.marts.build import MartBuilder
+        from eventplatform.settings import get_settings
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        start = time.perf_counter()
+        rows, size = generate(settings.lake_dir, args.events)
+        generated = time.perf_counter() - start
+        print(
+            f"generated {rows:,} events ({size / 1e6:.0f} MB Parquet, 24 files) in {generated:.1f}s"
+        )
+        files = sorted(str(p) for p in settings.lake_dir.rglob("*.parquet"))
+
+        scans = [bare_scan(files) for _ in range(args.scans)]
+        scan = statistics.median(s for s, _ in scans)
+        scan_cpu = statistics.median(c for _, c in scans)
+        print(
+            f"bare scan (all columns): median {scan:.2f}s wall, {scan_cpu:.2f}s CPU "
+            f"(runs: {[round(s, 2) for s, _ in scans]})"
+        )
+
+        clickhouse = None
+        if not args.no_clickhouse:
+            clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+            clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
+        builder = MartBuilder(settings, clickhouse=clickhouse)
+        start, cpu = time.perf_counter(), time.process_time()
+        parts = builder.build_day(DAY)
+        build, build_cpu = time.perf_counter() - start, time.process_time() - cpu
+        for part in parts:
+            print(f"  {part.mart}: {part.rows:,} rows, query+reconcile {part.seconds:.2f}s")
+        assert all(p.reconciled for p in parts), "a mart did not reconcile"
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in builder.timings.items())
+        print(f"build of the day's {len(parts)} marts (all reconciled): {build:.2f}s ({stages})")
+        print(f"events/s through the marts build: {rows / build:,.0f}")
+        print(f"build CPU time: {build_cpu:.2f}s")
+        print(f"ratio build / bare scan: {build / scan:.1f} wall, {build_cpu / scan_cpu:.1f} CPU")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

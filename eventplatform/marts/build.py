@@ -1,0 +1,486 @@
+"""Builds mart partitions in DuckDB over the Parquet lake.
+
+For a day D the builder gives the mart SQL these relations (in an in-memory DuckDB):
+
+- ``events_raw``: the day's landed rows as found in the lake (a replayed file or a retried
+  send appears more than once), the columns the marts use plus ``is_overflow`` (came through
+  the overflow topic) and ``event_bytes`` (the row's uncompressed size);
+- ``events``: the same, one row per ``event_id`` (the first landed wins);
+- ``dead_letters``: the day's dead letters (``customer_id``, ``reason``, ``stage``, ``bytes``);
+- ``activity_window``: distinct (event_date, customer_id, user_id) over the days the history
+  marts look back (MAU, retention);
+- ``funnel_steps`` (step, event_type) from settings, ``campaigns`` (campaign_id, advertiser).
+
+Each built partition is written three ways: a Parquet file per mart and day
+(``lake/marts/<mart>/date=D/part-0.parquet``, atomic rename), the warehouse table (the day's
+rows replaced in one transaction), and the ClickHouse mirror (the day's partition replaced).
+Then the mart's reconciliations are evaluated against the day's events.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from eventplatform.events.arrow import KAFKA_FIELDS, landed_schema
+from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA
+from eventplatform.marts.catalog import Mart, load_marts
+from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days, input_days
+
+MARTS_DIR = "marts"
+EVENT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "event_ts",
+    "customer_id",
+    "user_id",
+    "session_id",
+    "device",
+    "campaign_id",
+    "site_id",
+    "publisher_id",
+    "ad_id",
+    "pricing_model",
+    "cost",
+    "revenue",
+    "value",
+    "amount",
+    "currency",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "landed_ts",
+)
+_FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
+
+
+def event_bytes_sql() -> str:
+    """The landed row's uncompressed size, from the contract (every field but Kafka's)."""
+    kafka = {f.name for f in KAFKA_FIELDS}
+    terms = []
+    for f in landed_schema():
+        if f.name in kafka:
+            continue
+        if pa.types.is_string(f.type):
+            terms.append(f'coalesce(strlen("{f.name}"), 0)')
+        else:
+            width = 8 if pa.types.is_timestamp(f.type) else _FIXED_WIDTH.get(f.type, 8)
+            terms.append(f'CASE WHEN "{f.name}" IS NULL THEN 0 ELSE {width} END')
+    return " + ".join(terms)
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    expression: str
+    mart_value: float | None
+    events_value: float | None
+
+    @property
+    def passed(self) -> bool:
+        a, b = self.mart_value or 0, self.events_value or 0
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+    def __str__(self) -> str:
+        mark = "ok" if self.passed else "MISMATCH"
+        return f"{mark}: {self.expression}: mart {self.mart_value} vs events {self.events_value}"
+
+
+@dataclass
+class MartPartition:
+    mart: str
+    day: date
+    rows: int
+    fingerprint: str
+    parquet_path: Path
+    reconciliations: list[ReconcileResult] = field(default_factory=list)
+    seconds: float = 0.0
+    mirrored: bool = False
+
+    @property
+    def reconciled(self) -> bool:
+        return all(r.passed for r in self.reconciliations)
+
+
+class WarehouseBusy(RuntimeError):
+    pass
+
+
+class MartBuilder:
+    """Builds marts for days. ``settings`` is the platform's :class:`Settings`."""
+
+    def __init__(self, settings, marts: list[Mart] | None = None, clickhouse=None) -> None:
+        self.settings = settings
+        self.marts = marts if marts is not None else load_marts(settings.paths.sql_dir / "marts")
+        self.by_name = {m.name: m for m in self.marts}
+        self.lake_dir: Path = settings.lake_dir
+        self.warehouse_path: Path = settings.warehouse_path
+        self.clickhouse = clickhouse
+        self.timings: dict[str, float] = {}  # seconds per stage of the last build_day
+
+    # -- the day's relations -------------------------------------------------------------
+
+    def _connect(self, spill: bool = True) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(config={"memory_limit": self.settings.marts.duckdb_memory_limit})
+        if spill:  # big days spill to disk instead of failing
+            tmp = self.settings.data_dir / "duckdb_tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{tmp}'")
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs, history: list[DayInputs]):
+        columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+        overflow = _literal(self.settings.kafka.overflow_topic)
+        if day.events:
+            files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
+            source = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
+        else:
+            empty = landed_schema().empty_table()
+            con.register("_empty_events", empty)
+            source = "_empty_events"
+        # A view: each reader scans only the columns it needs (projection pushdown).
+        con.execute(
+            f"CREATE TEMP VIEW events_raw AS SELECT {columns}, kafka_topic = {overflow} "
+            f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
+            f"DATE '{day.day.isoformat()}' AS event_date FROM {source}"
+        )
+        # Dedupe: most events are landed once, so only the rows of repeated ids go through
+        # the window (first landed wins); the rest stream through an anti-join.
+        con.execute(
+            "CREATE TEMP TABLE _repeated AS SELECT event_id FROM events_raw "
+            "GROUP BY event_id HAVING count(*) > 1"
+        )
+        con.execute(
+            "CREATE TEMP TABLE events AS "
+            "SELECT r.* FROM events_raw AS r ANTI JOIN _repeated USING (event_id) "
+            "UNION ALL "
+            "SELECT r.* FROM events_raw AS r SEMI JOIN _repeated USING (event_id) "
+            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY landed_ts, kafka_topic, "
+            "kafka_partition, kafka_offset) = 1"
+        )
+        if day.dead_letters:
+            con.execute(
+                "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
+                "octet_length(value)::BIGINT AS bytes FROM read_parquet($files, "
+                "union_by_name = true, hive_partitioning = false)",
+                {"files": [str(p) for p in day.dead_letters]},
+            )
+        else:
+            con.register("_empty_dead", DEAD_LETTER_SCHEMA.empty_table())
+            con.execute(
+                "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
+                "0::BIGINT AS bytes FROM _empty_dead"
+            )
+        con.execute(
+            "CREATE TEMP TABLE activity_window "
+            "(event_date DATE, customer_id VARCHAR, user_id VARCHAR)"
+        )
+        earlier = [p for d in history if d.day != day.day for p in d.events]
+        if earlier:
+            con.execute(
+                "INSERT INTO activity_window SELECT DISTINCT event_date, customer_id, user_id "
+                "FROM read_parquet($files, union_by_name = true, hive_partitioning = true, "
+                "hive_types = {'event_date': DATE, 'event_hour': INTEGER}) "
+                "WHERE user_id IS NOT NULL",
+                {"files": [str(p) for p in earlier]},
+            )
+        con.execute(
+            "INSERT INTO activity_window SELECT DISTINCT event_date, customer_id, user_id "
+            "FROM events WHERE user_id IS NOT NULL"
+        )
+        steps = self.settings.marts.funnel
+        con.register(
+            "funnel_steps",
+            pa.table({"step": list(range(1, len(steps) + 1)), "event_type": steps}),
+        )
+        con.register("campaigns", self._campaigns())
+
+    def _campaigns(self) -> pa.Table:
+        """campaign_id -> advertiser, from ClickHouse's campaigns table (empty without it)."""
+        empty = pa.table({"campaign_id": pa.array([], pa.string()), "advertiser": []})
+        if self.clickhouse is None:
+            return empty.cast(
+                pa.schema([("campaign_id", pa.string()), ("advertiser", pa.string())])
+            )
+        with self.clickhouse.session() as client:
+            rows = client.query(
+                f"SELECT campaign_id, argMax(advertiser, version) FROM "
+                f"{self.clickhouse.database}.campaigns GROUP BY campaign_id"
+            ).result_rows
+        return pa.table(
+            {
+                "campaign_id": pa.array([r[0] for r in rows], pa.string()),
+                "advertiser": pa.array([r[1] for r in rows], pa.string()),
+            }
+        )
+
+    def _params(self, sql: str, day: date) -> dict[str, object]:
+        available = {"event_date": day, "retention_weeks": self.settings.marts.retention_weeks}
+        return {k: v for k, v in available.items() if f"${k}" in sql}
+
+    # -- building ------------------------------------------------------------------------
+
+    def select(self, names: Iterable[str] | None) -> list[Mart]:
+        if names is None:
+            return list(self.marts)
+        names = list(names)
+        unknown = [n for n in names if n not in self.by_name]
+        if unknown:
+            raise KeyError(f"unknown mart(s) {unknown}; known: {sorted(self.by_name)}")
+        return [m for m in self.marts if m.name in names]
+
+    def compute_day(
+        self, day: date, names: Iterable[str] | None = None
+    ) -> dict[str, tuple[pa.Table, MartPartition]]:
+        """The marts of one day computed (nothing written yet), with their reconciliations."""
+        marts = self.select(names)
+        weeks = self.settings.marts.retention_weeks
+        scanner = LakeScanner(self.lake_dir)
+        needs_history = any(m.reads_history for m in marts)
+        history = [scanner.day(d) for d in input_days(day, needs_history, weeks)]
+        today = scanner.day(day)
+        out: dict[str, tuple[pa.Table, MartPartition]] = {}
+        con = self._connect()
+        try:
+            start = time.perf_counter()
+            self._prepare(con, today, history)
+            self.timings["prepare"] = time.perf_counter() - start
+            for mart in marts:
+                start = time.perf_counter()
+                table = con.sql(mart.sql, params=self._params(mart.sql, day)).to_arrow_table()
+                part = MartPartition(
+                    mart=mart.name,
+                    day=day,
+                    rows=table.num_rows,
+                    fingerprint=scanner.fingerprint(day, mart.reads_history, weeks),
+                    parquet_path=self.parquet_path(mart.name, day),
+                )
+                part.reconciliations = self._reconcile(con, mart, table, day)
+                part.seconds = time.perf_counter() - start
+                out[mart.name] = (table, part)
+        finally:
+            con.close()
+        return out
+
+    def _reconcile(self, con, mart: Mart, table: pa.Table, day: date) -> list[ReconcileResult]:
+        con.register("mart", table)
+        results = []
+        try:
+            for rec in mart.reconciliations:
+                left = con.execute(
+                    f"SELECT ({rec.mart_expr})::DOUBLE FROM mart", self._params(rec.mart_expr, day)
+                ).fetchall()[0][0]
+                right = con.execute(
+                    f"SELECT ({rec.events_expr})::DOUBLE", self._params(rec.events_expr, day)
+                ).fetchall()[0][0]
+                results.append(
+                    ReconcileResult(f"{rec.mart_expr} == {rec.events_expr}", left, right)
+                )
+        finally:
+            con.unregister("mart")
+        return results
+
+    def reconcile_stored(self, day: date, names: Iterable[str]) -> dict[str, list[ReconcileResult]]:
+        """The warehouse's rows of the day (as stored) against the day's events (as landed now).
+
+        What the check reports when it runs alone: it fails when the stored day was altered,
+        or when events landed after it was built (until the rebuild).
+        """
+        marts = self.select(names)
+        scanner = LakeScanner(self.lake_dir)
+        weeks = self.settings.marts.retention_weeks
+        needs_history = any(m.reads_history for m in marts)
+        history = [scanner.day(d) for d in input_days(day, needs_history, weeks)]
+        stored: dict[str, pa.Table] = {}
+        with self.warehouse(read_only=True) as warehouse:
+            for mart in marts:
+                stored[mart.name] = warehouse.sql(
+                    f'SELECT * FROM "{mart.name}" WHERE event_date = $d', params={"d": day}
+                ).to_arrow_table()
+        con = self._connect()
+        try:
+            self._prepare(con, scanner.day(day), history)
+            return {m.name: self._reconcile(con, m, stored[m.name], day) for m in marts}
+        finally:
+            con.close()
+
+    def build_day(self, day: date, names: Iterable[str] | None = None) -> list[MartPartition]:
+        """Compute, then write Parquet, the warehouse and the ClickHouse mirror for one day."""
+        self.timings = {}
+        start = time.perf_counter()
+        computed = self.compute_day(day, names)
+        self.timings["marts"] = time.perf_counter() - start - self.timings["prepare"]
+        start = time.perf_counter()
+        for table, part in computed.values():
+            write_parquet(part.parquet_path, table)
+        self.timings["parquet"] = time.perf_counter() - start
+        start = time.perf_counter()
+        self.load_warehouse(day, {name: table for name, (table, _) in computed.items()})
+        self.timings["warehouse"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.clickhouse is not None:
+            from eventplatform.marts.mirror import mirror_day
+
+            for name, (table, part) in computed.items():
+                mirror_day(self.clickhouse, self.by_name[name], day, table)
+                part.mirrored = True
+                part.reconciliations.extend(self.compare_mirror(name, day, table))
+        self.timings["clickhouse"] = time.perf_counter() - start
+        return [part for _, part in computed.values()]
+
+    def compare_mirror(self, name: str, day: date, table: pa.Table) -> list[ReconcileResult]:
+        """The ClickHouse copy of the day has the same rows and column sums as the build."""
+        from eventplatform.marts.mirror import partition_totals
+
+        numeric = [
+            f.name
+            for f in table.schema
+            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+        ]
+        rows, sums = partition_totals(self.clickhouse, self.by_name[name], day, numeric)
+        results = [ReconcileResult("clickhouse count(*) == duckdb count(*)", rows, table.num_rows)]
+        for column in numeric:
+            built = pc.sum(table.column(column)).as_py() or 0
+            results.append(
+                ReconcileResult(
+                    f"clickhouse sum({column}) == duckdb sum({column})", sums[column], built
+                )
+            )
+        return results
+
+    def build_range(
+        self, start: date, end: date, names: Iterable[str] | None = None
+    ) -> Iterator[MartPartition]:
+        day = start
+        while day <= end:
+            yield from self.build_day(day, names)
+            day = date.fromordinal(day.toordinal() + 1)
+
+    def parquet_path(self, mart: str, day: date) -> Path:
+        return self.lake_dir / MARTS_DIR / mart / f"date={day.isoformat()}" / "part-0.parquet"
+
+    # -- the warehouse -------------------------------------------------------------------
+
+    @contextmanager
+    def warehouse(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse file, under an inter-process lock for writers (retried while busy)."""
+        self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.warehouse_path.with_name(self.warehouse_path.name + ".lock")
+        deadline = time.monotonic() + self.settings.marts.lock_timeout_s
+        with open(lock_path, "a") as lock_file:
+            if not read_only:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                while True:
+                    try:
+                        con = duckdb.connect(str(self.warehouse_path), read_only=read_only)
+                        break
+                    except duckdb.IOException as exc:  # another process holds the file
+                        if time.monotonic() > deadline:
+                            raise WarehouseBusy(
+                                f"{self.warehouse_path} is locked by another process ({exc}); "
+                                "open it read-only (duckdb -readonly) while marts build"
+                            ) from exc
+                        time.sleep(0.5)
+                try:
+                    yield con
+                finally:
+                    con.close()
+            finally:
+                if not read_only:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def load_warehouse(self, day: date, tables: dict[str, pa.Table]) -> None:
+        """Replace the day's rows of each mart's table in one transaction."""
+        with self.warehouse() as con:
+            for name, table in tables.items():
+                self._ensure_table(con, self.by_name[name], table.schema)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for name, table in tables.items():
+                    con.execute(f'DELETE FROM "{name}" WHERE event_date = $d', {"d": day})
+                    con.register("_incoming", table)
+                    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM _incoming')
+                    con.unregister("_incoming")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _ensure_table(self, con, mart: Mart, schema: pa.Schema) -> None:
+        existing = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $t "
+            "ORDER BY ordinal_position",
+            {"t": mart.name},
+        ).fetchall()
+        if [c for (c,) in existing] == schema.names:
+            return
+        # New, or its columns changed: rebuild it from the Parquet exports (the record).
+        con.register("_shape", schema.empty_table())
+        con.execute(f'CREATE OR REPLACE TABLE "{mart.name}" AS SELECT * FROM _shape')
+        con.unregister("_shape")
+        exported = self.lake_dir / MARTS_DIR / mart.name
+        files = sorted(str(p) for p in exported.glob("date=*/part-0.parquet"))
+        for path in files:
+            if pq.read_schema(path).names == schema.names:
+                con.execute(
+                    f'INSERT INTO "{mart.name}" SELECT * FROM read_parquet($f, '
+                    "hive_partitioning = false)",
+                    {"f": path},
+                )
+        con.execute(f"COMMENT ON TABLE \"{mart.name}\" IS '{_quote(mart.description)}'")
+        for column, description in mart.columns.items():
+            if column in schema.names:
+                con.execute(
+                    f'COMMENT ON COLUMN "{mart.name}"."{column}" IS \'{_quote(description)}\''
+                )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Atomically (temporary name in the same folder, then rename): readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def output_schema(settings, mart: Mart) -> pa.Schema:
+    """The mart's columns and types, from running its SQL over empty inputs."""
+    builder = MartBuilder(settings, [mart])
+    con = builder._connect(spill=False)
+    try:
+        empty = DayInputs(date(2000, 1, 3), (), (), "empty")
+        builder._prepare(con, empty, [empty])
+        return (
+            con.sql(mart.sql, params=builder._params(mart.sql, empty.day)).to_arrow_table().schema
+        )
+    finally:
+        con.close()
+
+
+__all__ = ["MartBuilder", "MartPartition", "ReconcileResult", "history_days", "output_schema"]

@@ -1,0 +1,300 @@
+"""The marts in Dagster on a real instance: partitions, the reconciliation check, the
+late-data sensor, the schedules, backfills from the CLI, and `eventplatform sql`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunRequest,
+    build_schedule_context,
+    build_sensor_context,
+    materialize,
+)
+
+from eventplatform.defs.marts import (
+    FINGERPRINTS,
+    MARTS,
+    marts,
+    marts_daily,
+    marts_intraday,
+    marts_late_data,
+)
+from eventplatform.defs.resources import PlatformResource
+from eventplatform.settings import REPO_ROOT, Settings, get_settings
+from eventplatform_tests.marts_data import D0, D1, D2, ad, land, make_lake
+
+ALL = sorted(m.name for m in MARTS)
+HISTORY = ["product_active_users_daily", "product_retention_weekly"]
+
+
+@pytest.fixture
+def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    (tmp_path / "instance").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
+        yield inst
+
+
+def build(instance: DagsterInstance, day: date, names: list[str] | None = None):
+    return materialize(
+        [marts],
+        instance=instance,
+        partition_key=day.isoformat(),
+        resources={"platform": PlatformResource()},
+        selection=[AssetKey(n) for n in names] if names else None,
+    )
+
+
+def impressions(settings: Settings, day: date) -> int:
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        return con.execute(
+            "SELECT coalesce(sum(impressions), 0) FROM campaign_performance_daily "
+            "WHERE event_date = $d",
+            {"d": day},
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> None:
+    from eventplatform.defs import defs
+
+    graph = defs.get_repository_def().asset_graph
+    for name in ALL:
+        node = graph.get(AssetKey(name))
+        assert node.group_name == "marts"
+        assert node.parent_keys == {AssetKey("events_lake")}
+        assert node.owners and node.description
+        assert node.partitions_def.get_partition_keys()[0] == "2026-01-01"
+        columns = node.metadata["dagster/column_schema"].columns
+        assert all(c.description for c in columns) and columns[0].name == "event_date"
+        assert {"duckdb", "parquet", "clickhouse"} <= set(node.kinds)
+        assert graph.get_check_keys_for_assets({AssetKey(name)})
+
+
+def test_materializing_a_partition_records_its_figures_and_passing_checks(
+    mart_env: Settings, instance: DagsterInstance
+) -> None:
+    make_lake(mart_env.lake_dir)
+    result = build(instance, D1)
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert sorted(c.asset_key.path[-1] for c in checks) == ALL and all(c.passed for c in checks)
+    by_asset = {m.asset_key.path[-1]: m for m in result.asset_materializations_for_node("marts")}
+    assert by_asset["campaign_performance_daily"].partition == str(D1)
+    assert by_asset["campaign_performance_daily"].metadata["dagster/row_count"].value == 2
+    assert str(D1) in by_asset["product_retention_weekly"].metadata[FINGERPRINTS].value
+    assert impressions(mart_env, D1) == 6
+
+
+def test_the_check_fails_on_a_mart_that_does_not_reconcile(
+    mart_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_lake(mart_env.lake_dir)
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(REPO_ROOT / "sql", sql_dir)
+    mart = sql_dir / "marts" / "publisher_revenue_daily.sql"
+    # a constructed mismatch: the mart counts each click twice
+    mart.write_text(
+        mart.read_text().replace(
+            "count(*) FILTER (WHERE event_type = 'ad_click') AS clicks",
+            "2 * count(*) FILTER (WHERE event_type = 'ad_click') AS clicks",
+        )
+    )
+    monkeypatch.setenv("EP_SQL_DIR", str(sql_dir))
+    get_settings.cache_clear()
+    result = build(instance, D1, ["publisher_revenue_daily"])
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.description == "1 of 10 figures differ from the day's events"
+    assert "mart 11.0 vs events 9.0" in evaluation.metadata["details"].value
+
+
+def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: DagsterInstance) -> None:
+    today = datetime.now(UTC).date()
+    older, day_before, yesterday = (today - timedelta(days=n) for n in (3, 2, 1))
+    for day in (older, day_before, yesterday):
+        land(mart_env.lake_dir, [ad("impression", day, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
+    assert build(instance, day_before).success and build(instance, yesterday).success
+
+    def evaluate():
+        return marts_late_data(build_sensor_context(instance=instance))
+
+    assert evaluate().skip_reason is not None and not evaluate().run_requests
+
+    # an impression for the day before yesterday lands late; `older` was never built
+    land(mart_env.lake_dir, [ad("impression", day_before, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
+    land(mart_env.lake_dir, [ad("impression", older, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
+    requests = evaluate().run_requests
+    assert all(isinstance(r, RunRequest) for r in requests)
+    wanted = {r.partition_key: sorted(k.path[-1] for k in r.asset_selection) for r in requests}
+    # the day itself, and the later day's marts that look back on it (MAU, retention)
+    assert wanted == {str(day_before): ALL, str(yesterday): HISTORY}
+    assert requests[0].tags["eventplatform/reason"] == "late-data"
+    assert evaluate().run_requests[0].run_key == requests[0].run_key  # same state, same run key
+
+    for request in requests:  # run what the sensor asked for
+        names = [k.path[-1] for k in request.asset_selection]
+        assert build(instance, date.fromisoformat(request.partition_key), names).success
+    assert impressions(mart_env, day_before) == 2
+    assert impressions(mart_env, yesterday) == 1
+    assert evaluate().skip_reason is not None and not evaluate().run_requests
+
+
+def test_schedules_build_yesterday_after_the_day_closes_and_today_often() -> None:
+    at = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
+    daily = marts_daily(build_schedule_context(scheduled_execution_time=at))
+    assert daily.partition_key == "2026-11-23"
+    intraday = marts_intraday(build_schedule_context(scheduled_execution_time=at))
+    assert intraday.partition_key == "2026-11-24"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "eventplatform.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+    )
+
+
+def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
+    mart_env: Settings, tmp_path: Path
+) -> None:
+    make_lake(mart_env.lake_dir)
+    env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    built = run_cli("marts", "build", "--start", str(D0), "--end", str(D2), env=env)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert f"{D1} campaign_performance_daily: 2 rows" in built.stdout
+    assert "all reconciled" in built.stdout
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        for name in ALL:
+            partitions = instance.get_materialized_partitions(AssetKey(name))
+            assert {str(D0), str(D1), str(D2)} <= partitions, name
+
+    query = (
+        "SELECT event_date, sum(impressions) AS impressions, sum(cost) AS cost "
+        "FROM campaign_performance_daily GROUP BY ALL ORDER BY event_date"
+    )
+    table = run_cli("sql", query, env=env)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines() == [
+        "event_date | impressions | cost",
+        "-----------+-------------+-----",
+        "2026-11-16 |           6 |  4.5",
+        "2026-11-17 |           1 | 0.25",
+        "(2 rows)",
+    ]
+    on_clickhouse = run_cli("sql", "--clickhouse", "--format", "csv", query, env=env)
+    assert on_clickhouse.returncode == 0, on_clickhouse.stderr
+    assert on_clickhouse.stdout.splitlines() == [
+        "event_date,impressions,cost",
+        "2026-11-16,6,4.5",
+        "2026-11-17,1,0.25",
+    ]
+    out = tmp_path / "usage.parquet"
+    exported = run_cli(
+        "sql", "--format", "parquet", "-o", str(out), "SELECT * FROM customer_usage_daily", env=env
+    )
+    assert exported.returncode == 0 and pq.read_table(out).num_rows == 12
+    bad = run_cli("sql", "SELECT nope FROM campaign_performance_daily", env=env)
+    assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_dagster_cli_materializes_a_partition_range_in_one_run(
+    mart_env: Settings, tmp_path: Path
+) -> None:
+    make_lake(mart_env.lake_dir)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    env = {**os.environ, "EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(home)}
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "eventplatform.defs",
+            "--select",
+            "campaign_performance_daily,customer_usage_daily",
+            "--partition-range",
+            f"{D1}...{D2}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_materialized_partitions(AssetKey("customer_usage_daily")) == {
+            str(D1),
+            str(D2),
+        }
+        assert not instance.get_materialized_partitions(AssetKey("product_funnel_daily"))
+        assert len(instance.get_run_records()) == 1
+    assert impressions(mart_env, D1) == 6 and impressions(mart_env, D2) == 1
+
+
+def test_the_check_alone_compares_the_stored_day_with_the_events(
+    mart_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run alone, the check looks at the built days of the late-arrival window."""
+    monkeypatch.setenv("EP_MARTS_LATE_ARRIVAL_DAYS", "3650")  # the test's days are in 2026
+    get_settings.cache_clear()
+    from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
+
+    make_lake(mart_env.lake_dir)
+    assert build(instance, D1).success
+    check = AssetSelection.checks(
+        AssetCheckKey(AssetKey("campaign_performance_daily"), "reconciles_with_events")
+    )
+
+    job = (
+        Definitions(
+            assets=[marts],
+            jobs=[define_asset_job("check_alone", selection=check)],
+            resources={"platform": PlatformResource()},
+        )
+        .get_repository_def()
+        .get_job("check_alone")
+    )
+
+    def run_check():  # as the UI's "Execute check" on a partition
+        result = job.execute_in_process(instance=instance)
+        assert not result.asset_materializations_for_node("marts")  # nothing rebuilt
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    assert run_check().passed
+    con = duckdb.connect(str(mart_env.warehouse_path))  # someone edits the stored day
+    con.execute("DELETE FROM campaign_performance_daily WHERE campaign_id = 'cmp-2'")
+    con.close()
+    failing = run_check()
+    assert not failing.passed
+    assert "sum(impressions) == " in failing.metadata["details"].value
+    assert "mart 4.0 vs events 6.0" in failing.metadata["details"].value

@@ -1,0 +1,51 @@
+-- name: product_active_users_daily
+-- description: Active users per customer and day (UTC): daily, weekly (7 days ending that
+--   day) and monthly (30 days ending that day) active users, sessions and events. A user is
+--   active on a day when any of the customer's events that day carries their user_id.
+-- owners: team:product-analytics
+-- grain: event_date, customer_id
+-- column event_date: Day (UTC); the partition.
+-- column customer_id: The customer whose product the users use.
+-- column dau: Distinct users active on the day.
+-- column wau: Distinct users active in the 7 days ending on the day.
+-- column mau: Distinct users active in the 30 days ending on the day.
+-- column stickiness: dau / mau.
+-- column sessions: Distinct session_id on the day.
+-- column events: Events on the day (deduplicated by event_id), all types.
+-- reconcile: sum(events) == (SELECT count(*) FROM events)
+-- reconcile: sum(dau) == (SELECT count(DISTINCT (customer_id, user_id)) FROM events
+--   WHERE user_id IS NOT NULL)
+-- reconcile: sum(sessions) == (SELECT count(DISTINCT (customer_id, session_id)) FROM events
+--   WHERE session_id IS NOT NULL)
+WITH last_seen AS (  -- each user's last active day in the 30 days ending on the day
+    SELECT customer_id, user_id, max(event_date) AS last_day
+    FROM activity_window
+    WHERE event_date > $event_date::DATE - 30 AND event_date <= $event_date::DATE
+    GROUP BY ALL
+),
+window_users AS (
+    SELECT
+        customer_id,
+        count(*) FILTER (WHERE last_day = $event_date::DATE) AS dau,
+        count(*) FILTER (WHERE last_day > $event_date::DATE - 7) AS wau,
+        count(*) AS mau
+    FROM last_seen
+    GROUP BY ALL
+),
+day AS (
+    SELECT customer_id, count(DISTINCT session_id) AS sessions, count(*) AS events
+    FROM events
+    GROUP BY ALL
+)
+SELECT
+    $event_date::DATE AS event_date,
+    coalesce(w.customer_id, d.customer_id) AS customer_id,
+    coalesce(w.dau, 0) AS dau,
+    coalesce(w.wau, 0) AS wau,
+    coalesce(w.mau, 0) AS mau,
+    round(w.dau / nullif(w.mau, 0), 6) AS stickiness,
+    coalesce(d.sessions, 0) AS sessions,
+    coalesce(d.events, 0) AS events
+FROM window_users AS w
+FULL JOIN day AS d ON d.customer_id = w.customer_id
+ORDER BY customer_id
