@@ -42,6 +42,10 @@ PLATFORM_ASSETS = [
     "campaign_budgets",
 ]
 CLI = [sys.executable, "-m", "eventplatform.cli"]
+USAGE_QUERY = (
+    "SELECT customer_id, sum(events) AS events, sum(dead_letters) AS dead_letters "
+    "FROM customer_usage_daily GROUP BY customer_id ORDER BY customer_id"
+)
 
 
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -136,6 +140,23 @@ def test_simulated_traffic_lands_reconciles_and_shows_in_the_ui(
         f"FROM read_parquet('{settings.lake_dir}/events/**/*.parquet')"
     ).fetchall()[0]
     assert lake_total == (sum(expected_events.values()),) * 2
+
+    # -> a mart: the usage mart, built as a Dagster run, counts what was sent per customer.
+    days = ["--start", "yesterday", "--end", "today"]
+    built = subprocess.run(
+        [*CLI, "marts", "build", *days, "--mart", "customer_usage_daily"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    usage = subprocess.run(
+        [*CLI, "sql", "--format", "csv", USAGE_QUERY], capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 0, usage.stderr
+    rows = [line.split(",") for line in usage.stdout.strip().splitlines()[1:]]
+    assert {c: int(n) for c, n, _ in rows if int(n)} == expected_events
+    assert {c: int(d) for c, _, d in rows if int(d)} == expected_rejected
 
     reconciled = subprocess.run(
         [*CLI, "reconcile", "--since", "1h"], capture_output=True, text=True, timeout=180
