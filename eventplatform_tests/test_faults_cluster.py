@@ -1,16 +1,25 @@
-"""A three-broker KRaft cluster loses a broker under load: nothing acknowledged is lost."""
+"""A three-broker KRaft cluster loses a broker under load: nothing acknowledged is lost, and
+what landed from it (lake and ClickHouse) holds every acknowledged event exactly once."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 from confluent_kafka import Producer
 
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_admin, make_consumer, producer_config
 from eventplatform.kafka.cluster import LocalCluster
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
+from eventplatform.land.batches import EventRows
+from eventplatform.land.lander import ShardLander
+from eventplatform.settings import REPO_ROOT, LandSettings
+from eventplatform_tests.helpers import decoded_event
 
 
 def test_broker_loss_and_return_under_load(tmp_path: Path, kafka_libs: Path) -> None:
@@ -18,10 +27,14 @@ def test_broker_loss_and_return_under_load(tmp_path: Path, kafka_libs: Path) -> 
     cluster.start()
     try:
         topic = "events.raw"
+        replicated = {"min.insync.replicas": "2"}
         reports = ensure_topics(
-            make_admin(cluster.bootstrap), [TopicSpec(topic, 6, 3, {"min.insync.replicas": "2"})]
+            make_admin(cluster.bootstrap),
+            [TopicSpec(topic, 6, 3, replicated), TopicSpec("events.dlq", 1, 3, replicated)],
         )
         assert reports[0].status == "created"
+        codec = EventCodec()
+        template = decoded_event("page_view", "c", datetime.now(UTC))
 
         acknowledged: list[bytes] = []
         failed: list[str] = []
@@ -38,8 +51,12 @@ def test_broker_loss_and_return_under_load(tmp_path: Path, kafka_libs: Path) -> 
             i = 0
             while not stop.is_set():
                 try:
+                    event = {**template, "event_id": f"{i:08d}", "customer_id": f"c{i % 7}"}
                     producer.produce(
-                        topic, key=b"c%d" % (i % 7), value=b"%08d" % i, on_delivery=on_delivery
+                        topic,
+                        key=b"c%d" % (i % 7),
+                        value=codec.encode(event),
+                        on_delivery=on_delivery,
                     )
                     i += 1
                 except BufferError:
@@ -83,5 +100,30 @@ def test_broker_loss_and_return_under_load(tmp_path: Path, kafka_libs: Path) -> 
         assert set(acknowledged) <= set(seen), "an acknowledged message was lost"
         assert len(seen) == len(acknowledged)
         assert cluster.answering() == [True, True, True]
+
+        # Landed from the cluster: every acknowledged event once in the lake and ClickHouse.
+        clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_cluster")
+        clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+        summary = ShardLander(
+            bootstrap=cluster.bootstrap,
+            topic=topic,
+            shard=0,
+            shards=1,
+            rows=EventRows(),
+            lake_dir=tmp_path / "lake",
+            clickhouse=clickhouse,
+            dlq_topic="events.dlq",
+            settings=LandSettings(group_id="land-cluster", idle_stop_s=2.0),
+        ).run()
+        ids = {codec.decode(value)["event_id"] for value in acknowledged}
+        assert summary.rows == len(ids) and summary.dead_letters == 0
+        with clickhouse.session() as client:
+            landed = client.query("SELECT count(), uniqExact(event_id) FROM ep_cluster.events")
+        assert landed.result_rows == [(len(ids), len(ids))]
+        lake = duckdb.sql(
+            f"SELECT count(), count(DISTINCT event_id) "
+            f"FROM read_parquet('{tmp_path}/lake/events/**/*.parquet')"
+        ).fetchall()
+        assert lake == [(len(ids), len(ids))]
     finally:
         cluster.stop()
