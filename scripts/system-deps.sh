@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the platform needs beside Python: a JRE for the Kafka broker, Maven to
-# resolve its jars, Chromium for the UI test, wrk for the collector benchmark. Installed from Debian's packages when missing
-# and we are root (as on this project's machines); otherwise says what to install.
+# resolve its jars, Chromium for the UI test, wrk for the collector benchmark. Installed from
+# Debian's packages when missing and we are root (as on this project's machines); otherwise
+# says what to install.
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
