@@ -9,6 +9,7 @@ can wait for its own events' delivery.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -72,12 +73,12 @@ class DeliveryWaiter:
         return self._done.wait(timeout_s)
 
 
-def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes]]:
+def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes | None]]:
     """(event, its bytes) pairs from a JSON array or NDJSON body.
 
-    A JSON array's elements are re-serialized for the dead-letter copy (same JSON, maybe not
-    the same whitespace); NDJSON lines are kept as sent. A line that is not JSON is an event
-    that fails, not a body that fails.
+    NDJSON lines are kept as sent. A JSON array's elements come with None: the few that are
+    dead-lettered are re-serialized then (same JSON, maybe not the same whitespace). A line
+    that is not JSON is an event that fails, not a body that fails.
     """
     text = body.strip()
     if not text:
@@ -90,7 +91,7 @@ def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[An
             raise BodyError(f"body is not valid JSON: {exc}") from None
         if not isinstance(items, list):
             raise BodyError("body must be a JSON array of events (or NDJSON)")
-        pairs = [(item, orjson.dumps(item)) for item in items]
+        pairs = [(item, None) for item in items]
     else:
         pairs = []
         for line in text.split(b"\n"):
@@ -109,6 +110,26 @@ def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[An
 @dataclass(frozen=True)
 class _NotJson:
     error: str
+
+
+class _DeliveryReport:
+    """One request's delivery callbacks: latency of each acknowledged message, failures
+    counted and logged with the event id, and the waiter of a ``?sync=true`` request."""
+
+    def __init__(
+        self, intake: Intake, customer: str, started: float, waiter: DeliveryWaiter | None
+    ) -> None:
+        self.intake, self.customer, self.started, self.waiter = intake, customer, started, waiter
+
+    def delivered(self, event_id: str, err, msg) -> None:
+        if err is not None:
+            self.intake.delivery_failures += 1
+            self.intake.metrics.inc("collector_delivery_failures_total", customer=self.customer)
+            log.error("delivery failed for event %s of %s: %s", event_id, self.customer, err)
+        else:
+            self.intake.metrics.observe_produce_latency(time.monotonic() - self.started)
+        if self.waiter is not None:
+            self.waiter.delivered(str(err) if err else None)
 
 
 class Intake:
@@ -131,23 +152,12 @@ class Intake:
         self.codec, self.validator = EventCodec(), EventValidator()
         self.delivery_failures = 0
 
-    def _callback(
-        self, customer: str, event_id: str, started: float, waiter: DeliveryWaiter | None
-    ):
-        def on_delivery(err, msg) -> None:
-            if err is not None:
-                self.delivery_failures += 1
-                self.metrics.inc("collector_delivery_failures_total", customer=customer)
-                log.error("delivery failed for event %s of %s: %s", event_id, customer, err)
-            else:
-                self.metrics.observe_produce_latency(time.monotonic() - started)
-            if waiter is not None:
-                waiter.delivered(str(err) if err else None)
-
-        return on_delivery
-
     def accept(
-        self, customer: str, pairs: list[tuple[Any, bytes]], quota_checked: int, wait: bool = False
+        self,
+        customer: str,
+        pairs: list[tuple[Any, bytes | None]],
+        quota_checked: int,
+        wait: bool = False,
     ) -> IntakeResult:
         """Validate and produce ``pairs``; the first ``quota_checked`` go to raw, others to
         overflow. Raises BufferFull before producing anything when the buffer cannot take it."""
@@ -172,7 +182,7 @@ class Intake:
                     "validation",
                     "; ".join(errors),
                     "collect",
-                    raw_bytes,
+                    orjson.dumps(event) if raw_bytes is None else raw_bytes,
                     customer_id=customer,
                     dead_ts=received_ms,
                 )
@@ -188,18 +198,18 @@ class Intake:
             messages.append((topic, self.codec.encode(datum), None, datum["event_id"]))
 
         waiter = DeliveryWaiter(len(messages)) if wait else None
-        started = time.monotonic()
+        report = _DeliveryReport(self, customer, time.monotonic(), waiter)
         key = customer.encode()
+        produce = self.producer.produce
         for produced, (topic, value, headers, event_id) in enumerate(messages):
-            callback = self._callback(customer, event_id, started, waiter)
-            deadline = time.monotonic() + 5
+            callback = functools.partial(report.delivered, event_id)
+            deadline = None
             while True:
                 try:
-                    self.producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=callback
-                    )
+                    produce(topic, key=key, value=value, headers=headers, on_delivery=callback)
                     break
                 except BufferError:  # the byte limit: wait for the broker, never drop
+                    deadline = deadline or time.monotonic() + 5
                     if time.monotonic() > deadline:
                         raise BufferFull(
                             f"producer buffer full after {produced} of {len(messages)} "
