@@ -69,6 +69,11 @@ class HttpRun:
     p50_ms: float
     p99_ms: float
     batch: int
+    cpu_s: float = 0.0  # CPU time the collector's processes used meanwhile
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_s * 1e6 / max(1, self.requests * self.batch)
 
     @property
     def events_per_s(self) -> float:
@@ -211,6 +216,27 @@ def python_run(port: int, key: str, body: bytes, batch: int, connections: int, s
 # --- the run -------------------------------------------------------------------------------
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of process ``root`` and its descendants (uvicorn's workers), from
+    /proc: on a shared machine this is steadier than the rate."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, total = {root}, 0
+    for pid in sorted(stats):  # children have larger pids than their parent here
+        ppid, used = stats[pid]
+        if pid == root or ppid in tree:
+            tree.add(pid)
+            total += used
+    return total / ticks
+
+
 def events_in(bootstrap: str, topic: str) -> int:
     consumer = make_consumer(bootstrap, "bench-count")
     try:
@@ -280,17 +306,20 @@ def main() -> None:
             for run in range(1, args.runs + 1):
                 raw_rates.append(raw_produce_rate(bootstrap, encoded, 200_000))
                 intake_rates.append(intake_rate(bootstrap, settings, body, 1000))
+                cpu_before = cpu_seconds(server.pid)
                 load = (
                     wrk_run(url, key, body, args.batch, args.connections, args.seconds)
                     if client == "wrk"
                     else python_run(port, key, body, args.batch, args.connections, args.seconds)
                 )
+                load.cpu_s = cpu_seconds(server.pid) - cpu_before
                 http_runs.append(load)
                 print(
                     f"run {run}: raw produce {raw_rates[-1]:,.0f}/s, intake {intake_rates[-1]:,.0f}"
                     f"/s, HTTP {load.events_per_s:,.0f} events/s accepted ({load.requests} x "
                     f"{args.batch} in {load.seconds:.1f}s, {load.failed} failed), "
-                    f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms",
+                    f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
+                    f"collector CPU {load.cpu_us_per_event:.1f} us/event",
                     flush=True,
                 )
         finally:
@@ -307,6 +336,8 @@ def main() -> None:
         f"{args.connections} connections, client {client}, {args.workers} worker(s))"
     )
     print(f"request latency p50 / p99 (median): {p50:.1f} ms / {p99:.1f} ms")
+    cpu = median([r.cpu_us_per_event for r in http_runs])
+    print(f"collector CPU per event (median):   {cpu:.1f} us ({1e6 / cpu:,.0f} events per CPU-s)")
     print(f"intake without HTTP (median):      {intake:,.0f} events/s (one thread)")
     print(f"raw confluent-kafka produce:        {raw:,.0f} events/s (same Avro bytes)")
     print(f"ratio HTTP / raw produce:           {http / raw:.2f}")
