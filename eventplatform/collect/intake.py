@@ -9,11 +9,11 @@ can wait for its own events' delivery.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
-from eventplatform.events import EventCodec, EventValidator
+from eventplatform.events import DecodeError, EventCodec, EventValidator
 from eventplatform.kafka.dlq import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -112,26 +112,6 @@ class _NotJson:
     error: str
 
 
-class _DeliveryReport:
-    """One request's delivery callbacks: latency of each acknowledged message, failures
-    counted and logged with the event id, and the waiter of a ``?sync=true`` request."""
-
-    def __init__(
-        self, intake: Intake, customer: str, started: float, waiter: DeliveryWaiter | None
-    ) -> None:
-        self.intake, self.customer, self.started, self.waiter = intake, customer, started, waiter
-
-    def delivered(self, event_id: str, err, msg) -> None:
-        if err is not None:
-            self.intake.delivery_failures += 1
-            self.intake.metrics.inc("collector_delivery_failures_total", customer=self.customer)
-            log.error("delivery failed for event %s of %s: %s", event_id, self.customer, err)
-        else:
-            self.intake.metrics.observe_produce_latency(time.monotonic() - self.started)
-        if self.waiter is not None:
-            self.waiter.delivered(str(err) if err else None)
-
-
 class Intake:
     def __init__(
         self,
@@ -152,6 +132,28 @@ class Intake:
         self.codec, self.validator = EventCodec(), EventValidator()
         self.delivery_failures = 0
 
+    def _delivered(self, err, msg, waiter: DeliveryWaiter | None = None) -> None:
+        """Each message's delivery report (served by whoever polls the producer): the produce
+        latency when acknowledged, else the failure counted and logged with the event id.
+        One bound callback for every message, so nothing is allocated per message for it."""
+        if err is None:
+            self.metrics.observe_produce_latency(msg.latency() or 0.0)
+        else:
+            customer = (msg.key() or b"").decode(errors="replace")
+            self.delivery_failures += 1
+            self.metrics.inc("collector_delivery_failures_total", customer=customer)
+            log.error("delivery failed for %s of %s: %s", self._describe(msg), customer, err)
+        if waiter is not None:
+            waiter.delivered(str(err) if err else None)
+
+    def _describe(self, msg) -> str:
+        if msg.topic() == self.dlq_topic:
+            return "a dead letter"
+        try:
+            return f"event {self.codec.decode(msg.value())['event_id']}"
+        except DecodeError:
+            return "a message that does not decode"
+
     def accept(
         self,
         customer: str,
@@ -165,7 +167,7 @@ class Intake:
             raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
         received_ms = int(time.time() * 1000)
         result = IntakeResult()
-        messages: list[tuple[str, bytes, Any, str]] = []  # (topic, value, headers, event_id)
+        messages: list[tuple[str, bytes, Any]] = []  # (topic, value, headers)
         good_index = 0
         for index, (event, raw_bytes) in enumerate(pairs):
             if isinstance(event, _NotJson):
@@ -186,7 +188,7 @@ class Intake:
                     customer_id=customer,
                     dead_ts=received_ms,
                 )
-                messages.append((self.dlq_topic, letter.value, letter.headers(), ""))
+                messages.append((self.dlq_topic, letter.value, letter.headers()))
                 continue
             topic = self.raw_topic if good_index < quota_checked else self.overflow_topic
             good_index += 1
@@ -195,14 +197,13 @@ class Intake:
             else:
                 result.overflowed += 1
             result.event_ids.append(datum["event_id"])
-            messages.append((topic, self.codec.encode(datum), None, datum["event_id"]))
+            messages.append((topic, self.codec.encode(datum), None))
 
         waiter = DeliveryWaiter(len(messages)) if wait else None
-        report = _DeliveryReport(self, customer, time.monotonic(), waiter)
+        callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
         key = customer.encode()
         produce = self.producer.produce
-        for produced, (topic, value, headers, event_id) in enumerate(messages):
-            callback = functools.partial(report.delivered, event_id)
+        for produced, (topic, value, headers) in enumerate(messages):
             deadline = None
             while True:
                 try:
