@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gzip
 import hashlib
 import os
@@ -241,6 +243,31 @@ def test_full_buffer_is_503_and_nothing_is_produced(platform: Settings, keys) ->
         assert fits.status_code == 202
         assert fits.json()["delivery"] == {"complete": True, "failed": [], "pending": 0}
     assert len(read_topic(platform, platform.kafka.raw_topic, 3)) == 3
+
+
+def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
+    platform: Settings, keys
+) -> None:
+    from eventplatform.collect.app import INLINE_MAX_EVENTS
+
+    large = [example_event("click", event_id=f"L{i}") for i in range(INLINE_MAX_EVENTS + 500)]
+    small = [example_event("signup", event_id=f"S{i}") for i in range(50)]
+    unlimited = {"EP_COLLECTOR_BURST": "1e6", "EP_COLLECTOR_HARD_CAP_BURST": "1e6"}
+
+    async def send_both(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            post = functools.partial(client.post, f"{url}/v1/events?sync=true")
+            return await asyncio.gather(
+                post(json=large, headers=auth(keys["acme"])),
+                *(post(json=small, headers=auth(keys["acme"])) for _ in range(3)),
+            )
+
+    with running_collector(platform, **unlimited) as (url, _):
+        answers = asyncio.run(send_both(url))
+    assert [a.status_code for a in answers] == [202] * 4
+    assert [a.json()["accepted"] for a in answers] == [len(large)] + [len(small)] * 3
+    assert all(a.json()["delivery"]["complete"] for a in answers)
+    assert len(read_topic(platform, platform.kafka.raw_topic, len(large) + 150)) == 1650
 
 
 def test_operational_endpoints(platform: Settings, keys) -> None:
