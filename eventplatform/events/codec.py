@@ -156,7 +156,10 @@ def _write_int(out: bytearray, n: int) -> None:
 
 def _write_string(out: bytearray, value: str) -> None:
     data = value.encode()
-    _write_long(out, len(data))
+    if len(data) < 64:  # the usual short string: its length is one byte
+        out.append(len(data) << 1)
+    else:
+        _write_long(out, len(data))
     out += data
 
 
