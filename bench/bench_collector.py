@@ -83,9 +83,20 @@ class HttpRun:
 # --- the raw producer and the in-process intake -------------------------------------------
 
 
-def raw_produce_rate(bootstrap: str, values: list[bytes], total: int) -> float:
+def collector_producer(bootstrap: str, settings: Settings):
+    """A producer configured as the collector's (buffer larger: the rate is the point)."""
+    return make_producer(
+        bootstrap,
+        **{
+            "queue.buffering.max.messages": 1_000_000,
+            "linger.ms": settings.collector.producer_linger_ms,
+        },
+    )
+
+
+def raw_produce_rate(bootstrap: str, settings: Settings, values: list[bytes], total: int) -> float:
     """confluent-kafka alone: ``total`` messages (``values`` cycled), flush included."""
-    producer = make_producer(bootstrap, **{"queue.buffering.max.messages": 1_000_000})
+    producer = collector_producer(bootstrap, settings)
     key = b"bench"
     start = time.perf_counter()
     for i in range(total):
@@ -106,7 +117,7 @@ def raw_produce_rate(bootstrap: str, values: list[bytes], total: int) -> float:
 def intake_rate(bootstrap: str, settings: Settings, body: bytes, requests: int) -> float:
     """The collector's pipeline without HTTP: parse, validate, encode, produce; flush."""
     k = settings.kafka
-    producer = make_producer(bootstrap, **{"queue.buffering.max.messages": 1_000_000})
+    producer = collector_producer(bootstrap, settings)
     unlimited = float("inf")
     intake = Intake(
         producer,
@@ -304,7 +315,7 @@ def main() -> None:
                     assert answer.status_code == 202, answer.text
                     warm_accepted += answer.json()["accepted"]
             for run in range(1, args.runs + 1):
-                raw_rates.append(raw_produce_rate(bootstrap, encoded, 200_000))
+                raw_rates.append(raw_produce_rate(bootstrap, settings, encoded, 200_000))
                 intake_rates.append(intake_rate(bootstrap, settings, body, 1000))
                 cpu_before = cpu_seconds(server.pid)
                 load = (

@@ -55,7 +55,11 @@ class Collector:
         self.settings = settings
         self.metrics = Metrics()
         self.producer = make_producer(
-            k.bootstrap, **{"queue.buffering.max.messages": c.producer_max_messages + 10_000}
+            k.bootstrap,
+            **{
+                "queue.buffering.max.messages": c.producer_max_messages + 10_000,
+                "linger.ms": c.producer_linger_ms,
+            },
         )
         self.intake = Intake(
             self.producer,
