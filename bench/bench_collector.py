@@ -1,7 +1,7 @@
 """Collector throughput over HTTP beside the raw confluent-kafka produce rate, in one run.
 
     .venv/bin/python bench/bench_collector.py [--runs 3] [--seconds 10] [--batch 100]
-        [--connections 8] [--workers 1] [--client auto|wrk|python]
+        [--connections 8] [--workers 1] [--client auto|wrk|python] [--rate EVENTS_PER_S]
 
 Starts a throwaway broker and `eventplatform collect` on loopback. Each run measures, on the
 same broker and the same machine, one after the other:
@@ -16,7 +16,13 @@ same broker and the same machine, one after the other:
 
 The load client is `wrk` (C, Debian package `wrk`) when it is installed, else a small asyncio
 client in this process; either way it runs on the same cores as the collector and the broker,
-the Python one costs noticeably more of them. At the end every event the collector answered
+the Python one costs noticeably more of them. That measures the most the collector takes
+(closed loop). With ``--rate`` the Python client offers a fixed load instead (open loop) and
+the latency is that of a collector at that load, not of one saturated.
+
+Beside the rates: the CPU the collector used per event accepted, and the share of the run its
+event loop was ready to run but had no CPU (other processes on the same cores): on a shared
+machine these say more than the rate alone. At the end every event the collector answered
 202 for is checked to be in events.raw (the collector flushes on SIGTERM).
 """
 
@@ -70,6 +76,7 @@ class HttpRun:
     p99_ms: float
     batch: int
     cpu_s: float = 0.0  # CPU time the collector's processes used meanwhile
+    loop_wait: float = 0.0  # share of the run the event loop was runnable but off CPU
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -98,6 +105,8 @@ def raw_produce_rate(bootstrap: str, settings: Settings, values: list[bytes], to
     """confluent-kafka alone: ``total`` messages (``values`` cycled), flush included."""
     producer = collector_producer(bootstrap, settings)
     key = b"bench"
+    producer.produce(RAW_BENCH_TOPIC, key=key, value=values[0])  # connected, idempotence set up
+    producer.flush(30)
     start = time.perf_counter()
     for i in range(total):
         value = values[i % len(values)]
@@ -128,6 +137,8 @@ def intake_rate(bootstrap: str, settings: Settings, body: bytes, requests: int) 
         Metrics(),
         900_000,
     )
+    intake.accept("bench", parse_body(body, "application/json", 10_000), 0)  # connect first
+    producer.flush(30)
     start, accepted = time.perf_counter(), 0
     for i in range(requests):
         pairs = parse_body(body, "application/json", 10_000)
@@ -177,8 +188,18 @@ def wrk_run(url: str, key: str, body: bytes, batch: int, connections: int, secon
 
 
 async def _python_load(
-    port: int, key: str, body: bytes, batch: int, connections: int, seconds: int
+    port: int,
+    key: str,
+    body: bytes,
+    batch: int,
+    connections: int,
+    seconds: int,
+    rate: float | None = None,
 ) -> HttpRun:
+    """Closed loop (each connection sends as soon as it has its answer), or with ``rate``
+    (events/s) open loop: requests are due at a fixed pace whatever the answers, a free
+    connection takes the next due one, and latency counts from when it was due, so time a
+    request spent waiting for a connection is not hidden (no coordinated omission)."""
     request = (
         f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
@@ -188,11 +209,17 @@ async def _python_load(
     counts = {"ok": 0, "failed": 0}
     start = time.perf_counter()
     deadline = start + seconds
+    interval = batch / rate if rate else 0.0
+    due_times = iter(start + i * interval for i in range(10**9))
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
+        while True:
+            due = next(due_times) if rate else time.perf_counter()
+            if due >= deadline:
+                break
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
@@ -200,7 +227,7 @@ async def _python_load(
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             answer = await reader.readexactly(length)
-            latencies.append(time.perf_counter() - sent)
+            latencies.append(time.perf_counter() - due)
             if head.startswith(b"HTTP/1.1 202") and orjson.loads(answer)["accepted"] == batch:
                 counts["ok"] += 1
             else:
@@ -220,32 +247,62 @@ async def _python_load(
     )
 
 
-def python_run(port: int, key: str, body: bytes, batch: int, connections: int, seconds: int):
-    return asyncio.run(_python_load(port, key, body, batch, connections, seconds))
+def python_run(
+    port: int, key: str, body: bytes, batch: int, connections: int, seconds: int, rate=None
+) -> HttpRun:
+    return asyncio.run(_python_load(port, key, body, batch, connections, seconds, rate))
 
 
 # --- the run -------------------------------------------------------------------------------
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU of process ``root`` and its descendants (uvicorn's workers), from
-    /proc: on a shared machine this is steadier than the rate."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats = {}
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (uvicorn's workers)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rpartition(")")[2].split()[1]
+                )
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    tree, total = {root}, 0
-    for pid in sorted(stats):  # children have larger pids than their parent here
-        ppid, used = stats[pid]
-        if pid == root or ppid in tree:
-            tree.add(pid)
-            total += used
-    return total / ticks
+    tree = [root]
+    for pid in sorted(parents):  # children have larger pids than their parent here
+        if parents[pid] in tree:
+            tree.append(pid)
+    return tree
+
+
+def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a thread."""
+    path = f"/proc/{pid}/task/{tid}/schedstat" if tid else f"/proc/{pid}/schedstat"
+    try:
+        on_cpu, waiting, _ = Path(path).read_text().split()
+    except OSError:
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def collector_times(root: int) -> tuple[float, dict[int, tuple[float, float]]]:
+    """CPU seconds of all the collector's threads (on a shared machine steadier than the rate)
+    and, per process, its main thread's (on CPU, waiting for a CPU): the event loop."""
+    cpu, loops = 0.0, {}
+    for pid in process_tree(root):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            cpu += schedstat(pid, int(task.name))[0]
+        loops[pid] = schedstat(pid)
+    return cpu, loops
+
+
+def loop_wait_share(before: dict, after: dict, seconds: float) -> float:
+    """The share of the run the busiest event loop spent runnable but off CPU."""
+    shares = [
+        (after[pid][1] - before[pid][1]) / seconds
+        for pid in after
+        if pid in before and after[pid][0] - before[pid][0] > 0.1 * seconds
+    ]
+    return max(shares, default=0.0)
 
 
 def events_in(bootstrap: str, topic: str) -> int:
@@ -268,9 +325,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--workers", type=int, default=1, help="collector worker processes")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="offered load in events/s, paced (open loop, the Python client); "
+        "default: as fast as the collector answers",
+    )
     args = parser.parse_args()
     client = args.client
-    if client == "auto":
+    if args.rate:
+        client = "python"
+    elif client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
 
     generator = TrafficGenerator(TrafficSpec(seed=1, customers=1))
@@ -317,20 +382,25 @@ def main() -> None:
             for run in range(1, args.runs + 1):
                 raw_rates.append(raw_produce_rate(bootstrap, settings, encoded, 200_000))
                 intake_rates.append(intake_rate(bootstrap, settings, body, 1000))
-                cpu_before = cpu_seconds(server.pid)
+                cpu_before, loops_before = collector_times(server.pid)
                 load = (
                     wrk_run(url, key, body, args.batch, args.connections, args.seconds)
                     if client == "wrk"
-                    else python_run(port, key, body, args.batch, args.connections, args.seconds)
+                    else python_run(
+                        port, key, body, args.batch, args.connections, args.seconds, args.rate
+                    )
                 )
-                load.cpu_s = cpu_seconds(server.pid) - cpu_before
+                cpu_after, loops_after = collector_times(server.pid)
+                load.cpu_s = cpu_after - cpu_before
+                load.loop_wait = loop_wait_share(loops_before, loops_after, load.seconds)
                 http_runs.append(load)
                 print(
                     f"run {run}: raw produce {raw_rates[-1]:,.0f}/s, intake {intake_rates[-1]:,.0f}"
                     f"/s, HTTP {load.events_per_s:,.0f} events/s accepted ({load.requests} x "
                     f"{args.batch} in {load.seconds:.1f}s, {load.failed} failed), "
                     f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
-                    f"collector CPU {load.cpu_us_per_event:.1f} us/event",
+                    f"collector CPU {load.cpu_us_per_event:.1f} us/event, event loop waiting "
+                    f"for a CPU {load.loop_wait:.0%} of the time",
                     flush=True,
                 )
         finally:
@@ -342,13 +412,16 @@ def main() -> None:
     http = median([r.events_per_s for r in http_runs])
     raw, intake = median(raw_rates), median(intake_rates)
     p50, p99 = median([r.p50_ms for r in http_runs]), median([r.p99_ms for r in http_runs])
+    offered = f"{args.rate:,.0f} events/s offered" if args.rate else "closed loop"
     print(
         f"\nHTTP, events/s accepted (median):  {http:,.0f}  ({args.batch} events per request, "
-        f"{args.connections} connections, client {client}, {args.workers} worker(s))"
+        f"{args.connections} connections, {offered}, client {client}, {args.workers} worker(s))"
     )
     print(f"request latency p50 / p99 (median): {p50:.1f} ms / {p99:.1f} ms")
     cpu = median([r.cpu_us_per_event for r in http_runs])
     print(f"collector CPU per event (median):   {cpu:.1f} us ({1e6 / cpu:,.0f} events per CPU-s)")
+    wait = median([r.loop_wait for r in http_runs])
+    print(f"event loop runnable, off CPU:       {wait:.0%} of the time (median)")
     print(f"intake without HTTP (median):      {intake:,.0f} events/s (one thread)")
     print(f"raw confluent-kafka produce:        {raw:,.0f} events/s (same Avro bytes)")
     print(f"ratio HTTP / raw produce:           {http / raw:.2f}")
