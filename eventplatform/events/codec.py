@@ -207,18 +207,58 @@ def compile_writer(schema: Any) -> _Writer:
     if isinstance(schema, list):
         return _compile_union(schema)
     if schema.get("type") == "record":
-        fields = [
-            (f["name"], f.get("default"), compile_writer(f["type"])) for f in schema["fields"]
-        ]
-
-        def write_record(out: bytearray, datum: dict[str, Any]) -> None:
-            for name, default, write in fields:
-                write(out, datum.get(name, default))
-
-        return write_record
+        return _generate_record_writer(schema)
     if isinstance(schema.get("type"), str) and len(schema) == 1:
         return compile_writer(schema["type"])
     raise NotImplementedError(f"type {schema.get('type')}")
+
+
+# A record's writer is generated as Python source with each field's code inline: a call per
+# field (about 20 an event) costs as much as the writing itself. Types not listed here are
+# written by their compiled function.
+_INLINE = {
+    "string": [
+        "data = value.encode()",
+        "if len(data) < 64:  # the usual short string: its length is one byte",
+        "    out.append(len(data) << 1)",
+        "else:",
+        "    write_long(out, len(data))",
+        "out += data",
+    ],
+    "double": ["out += pack_double(value)"],
+    "boolean": ["out.append(1 if value else 0)"],
+    "long": ["write_long(out, value)"],
+    "int": ["write_int(out, value)"],
+}
+
+
+def _generate_record_writer(schema: dict[str, Any]) -> _Writer:
+    namespace: dict[str, Any] = {
+        "write_long": _write_long,
+        "write_int": _write_int,
+        "pack_double": _pack_double,
+    }
+    lines = ["def write_record(out, datum):"]
+    for i, field in enumerate(schema["fields"]):
+        ftype = field["type"]
+        namespace[f"default_{i}"] = field.get("default")
+        lines.append(f"    value = datum.get({field['name']!r}, default_{i})")
+        if isinstance(ftype, str) and ftype in _INLINE:
+            lines += [f"    {line}" for line in _INLINE[ftype]]
+        elif (
+            isinstance(ftype, list)
+            and ftype[0] == "null"
+            and len(ftype) == 2
+            and (isinstance(ftype[1], str) and ftype[1] in _INLINE)
+        ):
+            lines += ["    if value is None:", "        out.append(0)", "    else:"]
+            lines += ["        out.append(2)"] + [f"        {line}" for line in _INLINE[ftype[1]]]
+        else:
+            namespace[f"write_{i}"] = compile_writer(ftype)
+            lines.append(f"    write_{i}(out, value)")
+    source = "\n".join(lines)
+    exec(compile(source, f"<Avro writer of {schema['name']}>", "exec"), namespace)
+    return namespace["write_record"]
 
 
 def _compile_union(branches: list[Any]) -> _Writer:
