@@ -117,6 +117,12 @@ class CollectorSettings(BaseSettings):
     )
     hard_cap_burst: float = 50_000.0
     producer_max_messages: int = 200_000
+    producer_linger_ms: int = Field(
+        default=20,
+        description="How long the producer gathers a batch: fewer, larger produce requests "
+        "cost the collector and the broker less CPU; answers do not wait for it (but "
+        "?sync=true does).",
+    )
     sync_timeout_s: float = 30.0
     retry_after_s: int = 2
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")

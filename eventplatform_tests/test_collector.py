@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gzip
 import hashlib
 import os
@@ -243,6 +245,31 @@ def test_full_buffer_is_503_and_nothing_is_produced(platform: Settings, keys) ->
     assert len(read_topic(platform, platform.kafka.raw_topic, 3)) == 3
 
 
+def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
+    platform: Settings, keys
+) -> None:
+    from eventplatform.collect.app import INLINE_MAX_EVENTS
+
+    large = [example_event("click", event_id=f"L{i}") for i in range(INLINE_MAX_EVENTS + 500)]
+    small = [example_event("signup", event_id=f"S{i}") for i in range(50)]
+    unlimited = {"EP_COLLECTOR_BURST": "1e6", "EP_COLLECTOR_HARD_CAP_BURST": "1e6"}
+
+    async def send_both(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            post = functools.partial(client.post, f"{url}/v1/events?sync=true")
+            return await asyncio.gather(
+                post(json=large, headers=auth(keys["acme"])),
+                *(post(json=small, headers=auth(keys["acme"])) for _ in range(3)),
+            )
+
+    with running_collector(platform, **unlimited) as (url, _):
+        answers = asyncio.run(send_both(url))
+    assert [a.status_code for a in answers] == [202] * 4
+    assert [a.json()["accepted"] for a in answers] == [len(large)] + [len(small)] * 3
+    assert all(a.json()["delivery"]["complete"] for a in answers)
+    assert len(read_topic(platform, platform.kafka.raw_topic, len(large) + 150)) == 1650
+
+
 def test_operational_endpoints(platform: Settings, keys) -> None:
     with running_collector(platform) as (url, _):
         assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
@@ -313,3 +340,42 @@ def test_customer_cli_and_ndjson_replay(platform: Settings, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "7 accepted, 1 rejected" in done.stdout
     assert len(read_topic(platform, platform.kafka.raw_topic, 7)) == 7
+
+
+def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> None:
+    """Delivery reports share one callback; a failure names the event from its bytes."""
+    from eventplatform.collect.intake import DeliveryWaiter, Intake
+    from eventplatform.collect.metrics import Metrics
+    from eventplatform.collect.quotas import Quotas
+    from eventplatform.events import EventValidator
+
+    class FakeMessage:
+        def __init__(self, topic: str, value: bytes) -> None:
+            self._topic, self._value = topic, value
+
+        def topic(self) -> str:
+            return self._topic
+
+        def key(self) -> bytes:
+            return b"cust-a"
+
+        def value(self) -> bytes:
+            return self._value
+
+        def latency(self) -> float:
+            return 0.002
+
+    metrics = Metrics()
+    intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]
+    datum, _ = EventValidator().validate(example_event("click", event_id="e-42"), "cust-a", 1)
+    encoded = EventCodec().encode(datum)
+    waiter = DeliveryWaiter(3)
+    intake._delivered(None, FakeMessage("raw", encoded), waiter)
+    with caplog.at_level("ERROR"):
+        intake._delivered("broker said no", FakeMessage("raw", encoded), waiter)
+        intake._delivered("broker said no", FakeMessage("dlq", b"{not json"), waiter)
+    assert intake.delivery_failures == 2
+    assert metrics.get("collector_delivery_failures_total", customer="cust-a") == 2
+    assert "event e-42 of cust-a" in caplog.text and "a dead letter" in caplog.text
+    assert waiter.wait(0) and waiter.failed == ["broker said no", "broker said no"]
+    assert metrics.latency_counts[0] == 1  # the acknowledged one, 2 ms

@@ -38,6 +38,40 @@ def test_every_event_type_round_trips(event_type: str) -> None:
     assert codec.decode(encoded) == event
 
 
+@pytest.mark.parametrize("writer_version", [1, 2])
+def test_compiled_writer_gives_fastavros_bytes(writer_version: int) -> None:
+    from eventplatform.simulate.traffic import TrafficGenerator, TrafficSpec
+
+    codec = EventCodec(writer_version=writer_version)
+    assert codec._write is not None  # the contract's types are all compiled
+    validator = EventValidator()
+    generated = TrafficGenerator(TrafficSpec(seed=3, customers=30)).events(3000, RECEIVED_MS)
+    events = [e.event for e in generated] + [example_event(t) for t in sorted(EVENT_TYPES)]
+    events += [example_event(t, device="tv", ip="::1", user_agent="é ✓") for t in EVENT_TYPES]
+    seen = set()
+    for event in events:
+        datum, errors = validator.validate(event, "cust-a", RECEIVED_MS)
+        assert not errors
+        if writer_version == 1:  # v1 lacks envelope.device and page_view.duration_ms
+            datum.pop("device")
+            datum["payload"].pop("duration_ms", None)
+        reference = {**datum, "schema_version": writer_version}
+        reference["payload"] = (EVENT_TYPES[datum["event_type"]], datum["payload"])
+        assert codec.encode(datum) == codec.encode_with_fastavro(reference)
+        seen.add(datum["event_type"])
+    assert seen == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("change", "value"),
+    [("event_ts", 2**63), ("event_ts", "soon"), ("event_id", 7), ("device", 1.5)],
+)
+def test_encoding_an_event_that_does_not_fit_is_a_value_error(change: str, value) -> None:
+    event = {**contract_event("click"), change: value}
+    with pytest.raises(ValueError, match="does not fit"):
+        EventCodec().encode(event)
+
+
 def test_registry_knows_every_version_by_its_fingerprint() -> None:
     registry = default_registry()
     assert [v.version for v in registry.versions] == [1, 2]

@@ -81,6 +81,37 @@ def test_validation_of_arbitrary_json_never_raises(value) -> None:
     assert (datum is None) == bool(errors)
 
 
+@BOUNDED
+@given(
+    event_type=st.sampled_from(sorted(EXAMPLES)),
+    field=st.text(max_size=12),
+    value=json_values,
+    in_payload=st.booleans(),
+    event_ts=st.sampled_from(["2026-11-23T10:15:00Z", "2026-11-23T10:15:00", 1795428000000, -1]),
+)
+def test_fast_path_takes_only_good_events_and_agrees_with_full_validation(
+    event_type, field, value, in_payload, event_ts
+) -> None:
+    event = example_event(event_type, event_ts=event_ts, event_id="e-1")
+    target = event["payload"] if in_payload else event
+    target[field or "event_type"] = copy.deepcopy(value)
+    validator = EventValidator()
+    fast = validator._good_event(copy.deepcopy(event), "cust", 1795428000000, "http")
+    full, errors = validator._validate(event, "cust", 1795428000000, "http")
+    assert fast == full, errors  # None == None: the fast path left a bad event to the full one
+
+
+@pytest.mark.parametrize("event_type", sorted(EXAMPLES))
+def test_good_events_take_the_fast_path(event_type: str) -> None:
+    validator = EventValidator()
+    for event in (example_event(event_type), example_event(event_type, event_ts=1795428000000)):
+        datum = validator._good_event(event, "cust", 1795428000000, "http")
+        assert datum is not None
+        assert datum == validator._validate(event, "cust", 1795428000000, "http")[0] | {
+            "event_id": datum["event_id"]
+        }
+
+
 OPENAPI = schemathesis.openapi.from_dict(openapi_document())
 
 

@@ -219,3 +219,27 @@ def test_kafka_home_is_honoured(tmp_path: Path, kafka_libs: Path, monkeypatch) -
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-a:9092,broker-b:9092")
     settings = Settings()
     assert settings.kafka.is_external and settings.kafka.bootstrap == "broker-a:9092,broker-b:9092"
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(
+    tmp_path: Path, kafka_libs: Path
+) -> None:
+    """One random id in 64 starts with "-"; passed as a separate argument it read as an option
+    and the broker did not start (seen as a rare failure of the benchmark and the tests)."""
+    from eventplatform.kafka.broker import java_executable
+
+    broker = LocalBroker(
+        BrokerConfig(
+            libs_dir=kafka_libs,
+            data_dir=tmp_path / "kafka",
+            port=free_port(),
+            controller_port=free_port(),
+            cluster_id="-startswithadash01234a",
+        )
+    )
+    broker._write_properties()
+    broker._format_storage_once(java_executable(), broker._classpath())
+    assert (
+        "cluster.id=-startswithadash01234a"
+        in (broker.config.log_dirs / "meta.properties").read_text()
+    )

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from confluent_kafka import Producer
 
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
-from eventplatform.events import EventCodec, EventValidator
+from eventplatform.events import DecodeError, EventCodec, EventValidator
 from eventplatform.kafka.dlq import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class DeliveryWaiter:
         return self._done.wait(timeout_s)
 
 
-def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes]]:
+def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes | None]]:
     """(event, its bytes) pairs from a JSON array or NDJSON body.
 
-    A JSON array's elements are re-serialized for the dead-letter copy (same JSON, maybe not
-    the same whitespace); NDJSON lines are kept as sent. A line that is not JSON is an event
-    that fails, not a body that fails.
+    NDJSON lines are kept as sent. A JSON array's elements come with None: the few that are
+    dead-lettered are re-serialized then (same JSON, maybe not the same whitespace). A line
+    that is not JSON is an event that fails, not a body that fails.
     """
     text = body.strip()
     if not text:
@@ -90,7 +91,7 @@ def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[An
             raise BodyError(f"body is not valid JSON: {exc}") from None
         if not isinstance(items, list):
             raise BodyError("body must be a JSON array of events (or NDJSON)")
-        pairs = [(item, orjson.dumps(item)) for item in items]
+        pairs = [(item, None) for item in items]
     else:
         pairs = []
         for line in text.split(b"\n"):
@@ -131,23 +132,34 @@ class Intake:
         self.codec, self.validator = EventCodec(), EventValidator()
         self.delivery_failures = 0
 
-    def _callback(
-        self, customer: str, event_id: str, started: float, waiter: DeliveryWaiter | None
-    ):
-        def on_delivery(err, msg) -> None:
-            if err is not None:
-                self.delivery_failures += 1
-                self.metrics.inc("collector_delivery_failures_total", customer=customer)
-                log.error("delivery failed for event %s of %s: %s", event_id, customer, err)
-            else:
-                self.metrics.observe_produce_latency(time.monotonic() - started)
-            if waiter is not None:
-                waiter.delivered(str(err) if err else None)
+    def _delivered(self, err, msg, waiter: DeliveryWaiter | None = None) -> None:
+        """Each message's delivery report (served by whoever polls the producer): the produce
+        latency when acknowledged, else the failure counted and logged with the event id.
+        One bound callback for every message, so nothing is allocated per message for it."""
+        if err is None:
+            self.metrics.observe_produce_latency(msg.latency() or 0.0)
+        else:
+            customer = (msg.key() or b"").decode(errors="replace")
+            self.delivery_failures += 1
+            self.metrics.inc("collector_delivery_failures_total", customer=customer)
+            log.error("delivery failed for %s of %s: %s", self._describe(msg), customer, err)
+        if waiter is not None:
+            waiter.delivered(str(err) if err else None)
 
-        return on_delivery
+    def _describe(self, msg) -> str:
+        if msg.topic() == self.dlq_topic:
+            return "a dead letter"
+        try:
+            return f"event {self.codec.decode(msg.value())['event_id']}"
+        except DecodeError:
+            return "a message that does not decode"
 
     def accept(
-        self, customer: str, pairs: list[tuple[Any, bytes]], quota_checked: int, wait: bool = False
+        self,
+        customer: str,
+        pairs: list[tuple[Any, bytes | None]],
+        quota_checked: int,
+        wait: bool = False,
     ) -> IntakeResult:
         """Validate and produce ``pairs``; the first ``quota_checked`` go to raw, others to
         overflow. Raises BufferFull before producing anything when the buffer cannot take it."""
@@ -155,7 +167,7 @@ class Intake:
             raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
         received_ms = int(time.time() * 1000)
         result = IntakeResult()
-        messages: list[tuple[str, bytes, Any, str]] = []  # (topic, value, headers, event_id)
+        messages: list[tuple[str, bytes, Any]] = []  # (topic, value, headers)
         good_index = 0
         for index, (event, raw_bytes) in enumerate(pairs):
             if isinstance(event, _NotJson):
@@ -172,11 +184,11 @@ class Intake:
                     "validation",
                     "; ".join(errors),
                     "collect",
-                    raw_bytes,
+                    orjson.dumps(event) if raw_bytes is None else raw_bytes,
                     customer_id=customer,
                     dead_ts=received_ms,
                 )
-                messages.append((self.dlq_topic, letter.value, letter.headers(), ""))
+                messages.append((self.dlq_topic, letter.value, letter.headers()))
                 continue
             topic = self.raw_topic if good_index < quota_checked else self.overflow_topic
             good_index += 1
@@ -185,21 +197,20 @@ class Intake:
             else:
                 result.overflowed += 1
             result.event_ids.append(datum["event_id"])
-            messages.append((topic, self.codec.encode(datum), None, datum["event_id"]))
+            messages.append((topic, self.codec.encode(datum), None))
 
         waiter = DeliveryWaiter(len(messages)) if wait else None
-        started = time.monotonic()
+        callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
         key = customer.encode()
-        for produced, (topic, value, headers, event_id) in enumerate(messages):
-            callback = self._callback(customer, event_id, started, waiter)
-            deadline = time.monotonic() + 5
+        produce = self.producer.produce
+        for produced, (topic, value, headers) in enumerate(messages):
+            deadline = None
             while True:
                 try:
-                    self.producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=callback
-                    )
+                    produce(topic, key=key, value=value, headers=headers, on_delivery=callback)
                     break
                 except BufferError:  # the byte limit: wait for the broker, never drop
+                    deadline = deadline or time.monotonic() + 5
                     if time.monotonic() > deadline:
                         raise BufferFull(
                             f"producer buffer full after {produced} of {len(messages)} "

@@ -239,8 +239,7 @@ class LocalBroker:
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            f"--cluster-id={cluster_id}",  # one in 64 ids starts with "-": not an option
             "-c",
             str(self.config.properties_file),
         ]
