@@ -71,7 +71,12 @@ def test_broker_loss_and_return_under_load(tmp_path: Path, kafka_libs: Path) -> 
         time.sleep(3)
         before_kill = len(acknowledged)
         cluster.kill(1)  # SIGKILL: a crash, not a clean shutdown
-        time.sleep(5)
+        # Writes pause until the controller fences the dead broker (its session times out,
+        # about 9 s) and the ISRs shrink to the two live ones; then acks=all goes on.
+        killed = time.monotonic()
+        while len(acknowledged) - before_kill < 1000 and time.monotonic() - killed < 60:
+            time.sleep(0.5)
+        time.sleep(2)
         during_outage = len(acknowledged) - before_kill
         cluster.restart(1)
         time.sleep(3)
