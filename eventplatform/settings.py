@@ -154,7 +154,7 @@ class LandSettings(BaseSettings):
     raw_shards: int = Field(default=2, description="Shards of events.raw: partition % shards.")
     overflow_shards: int = 1
     dlq_shards: int = 1
-    batch_max_records: int = 50_000
+    batch_max_records: int = 100_000
     batch_max_bytes: int = 32 * 1024 * 1024
     batch_max_wait_s: float = Field(
         default=1.0, description="A batch is closed this long after its first message."
