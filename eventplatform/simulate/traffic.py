@@ -290,6 +290,41 @@ class TrafficGenerator:
                 )
         return out
 
+    def inject(
+        self, kind: str, customer_id: str, n: int, now_ms: int, key: str | None = None
+    ) -> list[SimulatedEvent]:
+        """``n`` events of one labelled anomaly for one customer, around ``now_ms``.
+
+        ``spike``: more of the customer's usual traffic; ``click_fraud``: ad clicks from the
+        IP ``key``; ``hot_key``: the user ``key`` sending most of the customer's events;
+        ``bad_events``: events the collector rejects (a broken sender). A volume drop is an
+        absence: leave out the customer's events (labelled in the run, not per event).
+        """
+        customer = next(c for c in self.customers if c.customer_id == customer_id)
+
+        def usual() -> SimulatedEvent:
+            if customer.kind == AD_NETWORK:
+                return self._ad_event(customer, now_ms)
+            return self._product_event(customer, now_ms)
+
+        out = []
+        for _ in range(n):
+            if kind == "click_fraud":
+                made = self._ad_event(customer, now_ms, event_type="ad_click", ip=key)
+            elif kind == "bad_events":
+                made = self._spoil(usual())
+            else:
+                made = usual()
+                if kind == "hot_key":
+                    made.event["user_id"] = key
+                elif kind != "spike":
+                    raise ValueError(f"unknown anomaly kind {kind!r}")
+            if not made.label.startswith("bad:"):
+                made.label = f"anomaly:{kind}"
+            self.sent[(made.customer_id, made.event_type, made.label)] += 1
+            out.append(made)
+        return out
+
     def _spoil(self, good: SimulatedEvent) -> SimulatedEvent:
         kind = self.rng.choice(BAD_KINDS)
         event = dict(good.event) if isinstance(good.event, dict) else {}
