@@ -209,6 +209,22 @@ def dlq_rate(
     )
 
 
+def events_per_customer(ch: ClickHouse, since: datetime, now: datetime) -> dict[str, int]:
+    """Landed events per customer received in [since, now): the per-customer denominator of
+    ``dlq_rate`` (Kafka offsets do not tell customers apart). Events not landed yet are
+    missing, which errs towards a higher rate; the minimum of dead letters absorbs it."""
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, count() FROM {db}.events "
+            "WHERE received_ts >= %(since)s AND received_ts < %(now)s GROUP BY customer_id"
+        ),
+        since=since,
+        now=now,
+    )
+    return dict(rows)
+
+
 def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
     """Events landed more than once (same event_id) per customer in the window."""
     rows = ch_query(

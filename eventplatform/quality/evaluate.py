@@ -90,7 +90,10 @@ def default_injections(customers: list[str]) -> list[Injection]:
         Injection("drop", apps[0], 20, 0.1),  # the second biggest customer loses 90 %
         Injection("click_fraud", ad[1], 13, 300, "203.0.113.66"),  # 300 clicks, one IP
         Injection("hot_key", ad[2], 15, 1200, f"{ad[2]}-viewer-bot"),  # one user, 1200 events
-        Injection("bad_events", apps[1], 17, 1.0),  # the sender breaks: every event rejected
+        # the biggest customer's traffic piles onto one of its campaigns (1500 events)
+        Injection("hot_key", ad[0], 9, 1500, f"{ad[0]}-cmp-2"),
+        # a small app's sender half breaks: as many rejected events as good ones
+        Injection("bad_events", apps[1], 17, 1.0),
     ]
 
 
@@ -127,6 +130,16 @@ class EvalReport:
     dead_letters: int
     evaluations: int
     seconds: float = 0.0
+
+    @property
+    def by_kind(self) -> dict[str, tuple[int, int]]:
+        """Anomaly kind -> (injected, found)."""
+        out: dict[str, tuple[int, int]] = {}
+        for inj in self.injections:
+            missed = any(m.startswith(f"{inj.kind} of {inj.target} ") for m in self.missed)
+            injected, found = out.get(inj.kind, (0, 0))
+            out[inj.kind] = (injected + 1, found + (0 if missed else 1))
+        return out
 
     @property
     def missed(self) -> list[str]:
@@ -335,7 +348,9 @@ def run_checks(
         "duplicate_rate": checks.duplicate_rate(ch, q, now),
         "click_fraud": checks.click_fraud(ch, q, now),
         "hot_keys": checks.hot_keys(ch, q, now),
-        "dlq_rate": checks.dlq_rate(sample, sum(accepted.values()), q, accepted),
+        "dlq_rate": checks.dlq_rate(
+            sample, sum(accepted.values()), q, checks.events_per_customer(ch, since, now)
+        ),
         "schema_drift": checks.schema_drift(ch, sample, q, now),
         "consumer_lag": checks.consumer_lag_check(lag, history, q, now),
     }
