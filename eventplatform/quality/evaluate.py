@@ -81,17 +81,23 @@ class Injection:
         return self.key or self.customer
 
 
-def default_injections(customers: list[str]) -> list[Injection]:
-    """One anomaly of each kind, on customers big and small, at different hours."""
+def default_injections(customers: list[str], scale: float = 1.0) -> list[Injection]:
+    """One anomaly of each kind, on customers big and small, at different hours.
+
+    The counts (clicks, a hot key's events) are for 1000 events an hour; ``scale`` is the
+    run's volume against that (never below 1: the checks' thresholds are absolute).
+    """
     ad = [c for c in customers if c.startswith("adnet")]
     apps = [c for c in customers if c.startswith("app")]
+    k = max(1.0, scale)
     return [
         Injection("spike", apps[1], 10, 8.0),  # a small app's traffic x8
         Injection("drop", apps[0], 20, 0.1),  # the second biggest customer loses 90 %
-        Injection("click_fraud", ad[1], 13, 300, "203.0.113.66"),  # 300 clicks, one IP
-        Injection("hot_key", ad[2], 15, 1200, f"{ad[2]}-viewer-bot"),  # one user, 1200 events
+        Injection("click_fraud", ad[1], 13, 300 * k, "203.0.113.66"),  # 300 clicks, one IP
+        # one user sends 1200 events (a bot), on a small ad network
+        Injection("hot_key", ad[2], 15, 1200 * k, f"{ad[2]}-viewer-bot"),
         # the biggest customer's traffic piles onto one of its campaigns (1500 events)
-        Injection("hot_key", ad[0], 9, 1500, f"{ad[0]}-cmp-2"),
+        Injection("hot_key", ad[0], 9, 1500 * k, f"{ad[0]}-cmp-2"),
         # a small app's sender half breaks: as many rejected events as good ones
         Injection("bad_events", apps[1], 17, 1.0),
     ]
@@ -397,7 +403,7 @@ def evaluate(
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ep-qe-")))
         traffic = _Traffic(spec)
         injections = spec.injections or default_injections(
-            [c.customer_id for c in traffic.gen.customers]
+            [c.customer_id for c in traffic.gen.customers], spec.events_per_hour / 1000
         )
         dsn = f"chdb://{workdir}/ch"
         client = stack.enter_context(closing(clickhouse_connect.get_client(dsn=dsn)))
