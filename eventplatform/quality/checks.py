@@ -353,8 +353,8 @@ def hot_keys(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
     the baseline days before the window) by ``hot_customer_growth``: a customer that is
     always that big is a fact of the platform, not an anomaly. A key is hot when its share
     of the customer's events is above the limit and above ``hot_record_fair_factor`` times
-    its fair share (1 / the customer's distinct keys): an advertiser with four campaigns has
-    one at 25 % every hour.
+    its fair share (1 / the customer's distinct keys; at most 80 %): an advertiser with four
+    campaigns has one at 25 % every hour.
     """
     since = now - timedelta(minutes=q.window_minutes)
     rows = ch_query(
@@ -403,10 +403,11 @@ def hot_keys(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
         )
         for customer, key, n, customer_total, keys in key_rows:
             share = n / customer_total
-            limit = max(
-                q.for_customer(customer, "hot_record_share"), q.hot_record_fair_factor / keys
-            )
-            if customer_total >= q.hot_min_events and share > limit:
+            # a customer's only campaign is not hot (the customer share rule sees it); with
+            # two or three keys, twice the fair share would be out of reach: at most 80 %
+            fair_limit = min(q.hot_record_fair_factor / keys, 0.8)
+            limit = max(q.for_customer(customer, "hot_record_share"), fair_limit)
+            if keys > 1 and customer_total >= q.hot_min_events and share > limit:
                 offenders.append(
                     f"{customer} {column} {key}: {share:.0%} of the customer's "
                     f"{customer_total} events ({n}; {keys} {column} keys)"
