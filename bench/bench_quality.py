@@ -8,7 +8,9 @@ simulated days landed into an embedded ClickHouse, the last day clean and labell
 check run at the end of each clean hour and each injected hour (eventplatform/quality/
 evaluate.py). Prints, summed over the seeds: per check the anomalies injected, found,
 missed, the false alarms on the labelled day and on the clean day, and the recall; then
-the recall per anomaly kind, and every miss and false alarm in full.
+the recall per anomaly kind, and every miss and false alarm in full. Exits 1 on any miss
+or false alarm. Memory grows with the events (about 2.8 kB each: 24 customers at 8000 an
+hour, 1.7 million events, took 4.8 GB and 100 s).
 """
 
 from __future__ import annotations

@@ -391,12 +391,15 @@ def hot_keys(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
                 f"count() OVER (PARTITION BY customer_id) AS keys "
                 f"FROM {{db}}.events WHERE received_ts >= %(since)s AND received_ts < %(now)s "
                 f"AND {column} IS NOT NULL GROUP BY customer_id, {column}) "
-                f"WHERE customer_total >= %(min_events)s AND n / customer_total > %(share)s "
+                # the rules below, loosest over the overrides: the limit only caps evidence
+                f"WHERE customer_total >= %(min_events)s AND keys > 1 "
+                f"AND n / customer_total > greatest(%(share)s, least(%(fair)s / keys, 0.8)) "
                 f"ORDER BY n DESC LIMIT 50"
             ),
             since=since,
             now=now,
             min_events=q.hot_min_events,
+            fair=q.hot_record_fair_factor,
             share=min(
                 [q.hot_record_share, *(o.get("hot_record_share", 1) for o in q.overrides.values())]
             ),

@@ -72,7 +72,9 @@ class Injection:
     kind: str  # spike | drop | click_fraud | hot_key | bad_events
     customer: str
     hour: int  # hour of the labelled day (UTC) it happens in
-    factor: float  # spike: x the usual volume; drop: the share kept; others: x the usual
+    # spike: x the customer's usual volume; drop: the share of its events kept; click_fraud,
+    # hot_key: events in the hour; bad_events: rejected events, x its usual volume
+    factor: float
     key: str | None = None  # the IP (click_fraud) or user (hot_key) it comes from
 
     @property
@@ -367,6 +369,13 @@ def _names(line: str, name: str) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-]|\.\d)", line) is not None
 
 
+def _found(line: str, inj: Injection) -> bool:
+    """The evidence line names the anomaly's target (and, for volume, its direction)."""
+    if inj.kind in ("spike", "drop"):
+        return line.startswith(f"{inj.customer}: {inj.kind},")
+    return _names(line, inj.target)
+
+
 def _explained(line: str, names: set[str]) -> bool:
     return any(_names(line, n) for n in names)
 
@@ -469,9 +478,7 @@ def evaluate(
                 outcome = outcomes[check]
                 score = scores[check]
                 score.injected += 1
-                if not outcome.passed and any(
-                    _names(line, inj.target) for line in outcome.evidence
-                ):
+                if not outcome.passed and any(_found(line, inj) for line in outcome.evidence):
                     score.found += 1
                 else:
                     score.missed.append(
