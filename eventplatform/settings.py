@@ -190,6 +190,7 @@ class QualitySettings(BaseSettings):
     dlq_rate_max: float = 0.05
     dlq_customer_min_events: int = 20  # dead letters before a customer's own rate counts
     duplicate_rate_max: float = 0.01
+    schema_drift_min_events: int = 5  # of one rejection (reason and detail) in the window
     ctr_max: float = 0.10
     ctr_min_impressions: int = 1000
     clicks_per_source_max: int = 200

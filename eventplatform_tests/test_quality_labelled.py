@@ -107,3 +107,13 @@ def test_dlq_rate_per_customer() -> None:
     assert outcome.evidence == ["small: 30 dead letters of 60 events (50.0%, limit 5%)"]
     few = DeadLetterSample(5, 5, Counter(validation=5), Counter(small=5), Counter())
     assert checks.dlq_rate(few, 2000, q, {"small": 5}).passed  # under 20 dead letters
+
+
+def test_schema_drift_ignores_a_stray_bad_event(ch) -> None:
+    def sample(n: int) -> DeadLetterSample:
+        details = Counter({("validation", "colour: unknown field"): n})
+        return DeadLetterSample(n, n, Counter(validation=n), Counter(c=n), details)
+
+    assert checks.schema_drift(ch, sample(2), QualitySettings(), NOW).passed
+    drift = checks.schema_drift(ch, sample(5), QualitySettings(), NOW)
+    assert drift.evidence == ["5 x validation: colour: unknown field"]

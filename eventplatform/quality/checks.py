@@ -261,6 +261,8 @@ def schema_drift(
     """Unknown event types or fields rejected, unknown writer schemas, a new schema version."""
     findings = []
     for (reason, detail), n in sample.details.most_common():
+        if n < q.schema_drift_min_events:
+            continue  # a stray event is a sender's typo; drift keeps coming
         if "unknown field" in detail or "unknown type" in detail or reason == "unknown_schema":
             findings.append(f"{n} x {reason}: {detail}")
     since = now - timedelta(minutes=q.window_minutes)
