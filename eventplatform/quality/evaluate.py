@@ -440,7 +440,8 @@ def evaluate(
         for ch in (clean, labelled):
             _land(ch, history_table, "history")
 
-        # The evaluated day: the same traffic twice, the second with the injections.
+        # The evaluated day twice from the same state, the second with the injections: the
+        # same events up to the first injection, the same distribution after it.
         twin = copy.deepcopy(traffic.gen), traffic.rng.getstate()
         clean_day = [traffic.hour(last, h) for h in range(24)]
         traffic.gen = twin[0]
