@@ -186,18 +186,24 @@ class QualitySettings(BaseSettings):
     window_minutes: int = 60
     freshness_minutes: float = 15.0
     freshness_lookback_hours: int = 24
+    # a customer's limit is at least the time in which it usually sends this many events
+    freshness_min_expected: float = 20.0
     volume_baseline_days: int = 7
     volume_min_history_days: int = 3
     volume_spike_factor: float = 3.0
     volume_drop_factor: float = 3.0
     volume_min_baseline: float = 100.0
     dlq_rate_max: float = 0.05
+    dlq_customer_min_events: int = 20  # dead letters before a customer's own rate counts
     duplicate_rate_max: float = 0.01
+    schema_drift_min_events: int = 5  # of one rejection (reason and detail) in the window
     ctr_max: float = 0.10
     ctr_min_impressions: int = 1000
     clicks_per_source_max: int = 200
     hot_customer_share: float = 0.6
     hot_record_share: float = 0.2
+    hot_record_fair_factor: float = 2.0  # a key above this x its fair share (1/keys)
+    hot_customer_growth: float = 1.5  # a customer above this x its usual share
     hot_min_events: int = 1000
     lag_max_messages: int = 100_000
     lag_growing_minutes: float = 15.0

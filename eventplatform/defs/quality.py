@@ -109,17 +109,22 @@ hot_keys = _landed_check(
 @asset_check(
     asset=TOPICS,
     blocking=False,
-    description="Dead letters against accepted events over the window, with reasons.",
+    description="Dead letters against accepted events over the window, with reasons, "
+    "overall and per customer.",
 )
 def dlq_rate(context: AssetCheckExecutionContext, platform: PlatformResource):
     settings = platform.settings()
     k, q = settings.kafka, settings.quality
-    since_ms = int((datetime.now(UTC) - timedelta(minutes=q.window_minutes)).timestamp() * 1000)
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=q.window_minutes)
+    since_ms = int(since.timestamp() * 1000)
     sample = dead_letters_since(k.bootstrap, k.dlq_topic, since_ms)
     accepted = sum(
         messages_since(k.bootstrap, t, since_ms) for t in (k.raw_topic, k.overflow_topic)
     )
-    return _result(context, settings, TOPICS, checks.dlq_rate(sample, accepted, q))
+    # Per customer: a small customer whose sender breaks barely moves the overall rate.
+    by_customer = checks.events_per_customer(platform_clickhouse(settings), since, now)
+    return _result(context, settings, TOPICS, checks.dlq_rate(sample, accepted, q, by_customer))
 
 
 @asset_check(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,24 +56,37 @@ def _outcome(
 
 
 def freshness(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
-    """Every customer that sent in the lookback has landed events newer than the threshold."""
+    """Every customer that sent in the lookback has landed events newer than the threshold.
+
+    A quiet customer is not a stale one: the limit of a customer is at least the time in
+    which it usually sends ``freshness_min_expected`` events (its rate over the lookback, from
+    its first to its newest event), so a customer sending three events an hour at night is
+    not flagged after fifteen silent minutes, while a stalled pipeline still is.
+    """
     rows = ch_query(
         ch,
         (
-            "SELECT customer_id, max(landed_ts), max(received_ts), count() FROM {db}.events "
-            "WHERE received_ts >= %(since)s GROUP BY customer_id ORDER BY customer_id"
+            "SELECT customer_id, max(landed_ts), max(received_ts), min(received_ts), count() "
+            "FROM {db}.events "
+            "WHERE received_ts >= %(since)s AND received_ts < %(now)s AND landed_ts <= %(now)s "
+            "GROUP BY customer_id ORDER BY customer_id"
         ),
         since=now - timedelta(hours=q.freshness_lookback_hours),
+        now=now,
     )
     stale, ages = [], {}
-    for customer, landed, received, _ in rows:
+    for customer, landed, received, first, n in rows:
         age_min = (now - _utc(landed)).total_seconds() / 60
         ages[customer] = round(age_min, 1)
         limit = q.for_customer(customer, "freshness_minutes")
+        span_min = (_utc(received) - _utc(first)).total_seconds() / 60
+        if n > 1 and span_min > 0:
+            per_minute = (n - 1) / span_min
+            limit = max(limit, q.for_customer(customer, "freshness_min_expected") / per_minute)
         if age_min > limit:
             stale.append(
                 f"{customer}: newest landed event {age_min:.1f} min old "
-                f"(limit {limit:g} min; last received {_utc(received):%H:%M:%S} UTC)"
+                f"(limit {limit:.3g} min; last received {_utc(received):%H:%M:%S} UTC)"
             )
     return _outcome(
         "freshness",
@@ -145,29 +159,70 @@ def volume_anomaly(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOu
     )
 
 
-def dlq_rate(sample: DeadLetterSample, accepted: int, q: QualitySettings) -> CheckOutcome:
-    """Dead letters against everything that came in over the window."""
+def dlq_rate(
+    sample: DeadLetterSample,
+    accepted: int,
+    q: QualitySettings,
+    accepted_by_customer: Mapping[str, int] | None = None,
+) -> CheckOutcome:
+    """Dead letters against everything that came in over the window, overall and, when the
+    accepted events per customer are known, per customer: a small customer whose sender
+    breaks barely moves the overall rate."""
     total = accepted + sample.total
     rate = sample.total / total if total else 0.0
     reasons = ", ".join(f"{r} {n}" for r, n in sample.by_reason.most_common(5))
-    customers = [f"{c}: {n} dead letters" for c, n in sample.by_customer.most_common(10)]
     failed = rate > q.dlq_rate_max
+    customers = []
+    for customer, n in sample.by_customer.most_common():
+        if accepted_by_customer is None:
+            customers.append(f"{customer}: {n} dead letters")
+            continue
+        came_in = n + accepted_by_customer.get(customer, 0)
+        limit = q.for_customer(customer, "dlq_rate_max")
+        if n >= q.dlq_customer_min_events and n / came_in > limit:
+            customers.append(
+                f"{customer}: {n} dead letters of {came_in} events ({n / came_in:.1%}, "
+                f"limit {limit:.0%})"
+            )
+        elif failed:
+            customers.append(f"{customer}: {n} dead letters of {came_in} events")
+    offenders = [c for c in customers if "limit" in c]
+    customers = offenders + [c for c in customers if "limit" not in c]
+    failed = failed or bool(offenders)
     return CheckOutcome(
         "dlq_rate",
         not failed,
         ERROR,
         f"dead-letter rate {rate:.2%} ({sample.total} of {total}) "
-        f"{'above' if failed else 'within'} {q.dlq_rate_max:.2%}"
+        f"{'above' if rate > q.dlq_rate_max else 'within'} {q.dlq_rate_max:.2%}"
+        + (f"; {len(offenders)} customers above it" if offenders else "")
         + (f"; reasons: {reasons}" if sample.total else ""),
-        customers if failed else [],
+        customers[:10] if failed else [],
         {
             "dlq": sample.total,
             "accepted": accepted,
             "rate": round(rate, 5),
             "threshold": q.dlq_rate_max,
+            "customers_above": len(offenders),
             "by_reason": dict(sample.by_reason),
         },
     )
+
+
+def events_per_customer(ch: ClickHouse, since: datetime, now: datetime) -> dict[str, int]:
+    """Landed events per customer received in [since, now): the per-customer denominator of
+    ``dlq_rate`` (Kafka offsets do not tell customers apart). Events not landed yet are
+    missing, which errs towards a higher rate; the minimum of dead letters absorbs it."""
+    rows = ch_query(
+        ch,
+        (
+            "SELECT customer_id, count() FROM {db}.events "
+            "WHERE received_ts >= %(since)s AND received_ts < %(now)s GROUP BY customer_id"
+        ),
+        since=since,
+        now=now,
+    )
+    return dict(rows)
 
 
 def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
@@ -176,9 +231,11 @@ def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOu
         ch,
         (
             "SELECT customer_id, count(), uniqExact(event_id) FROM {db}.events "
-            "WHERE received_ts >= %(since)s GROUP BY customer_id ORDER BY customer_id"
+            "WHERE received_ts >= %(since)s AND received_ts < %(now)s "
+            "GROUP BY customer_id ORDER BY customer_id"
         ),
         since=now - timedelta(minutes=q.window_minutes),
+        now=now,
     )
     offenders, total, dupes = [], 0, 0
     for customer, n, unique in rows:
@@ -204,6 +261,8 @@ def schema_drift(
     """Unknown event types or fields rejected, unknown writer schemas, a new schema version."""
     findings = []
     for (reason, detail), n in sample.details.most_common():
+        if n < q.schema_drift_min_events:
+            continue  # a stray event is a sender's typo; drift keeps coming
         if "unknown field" in detail or "unknown type" in detail or reason == "unknown_schema":
             findings.append(f"{n} x {reason}: {detail}")
     since = now - timedelta(minutes=q.window_minutes)
@@ -211,9 +270,11 @@ def schema_drift(
         ch,
         (
             "SELECT schema_version, min(received_ts), count() FROM {db}.events "
-            "WHERE received_ts >= %(lookback)s GROUP BY schema_version ORDER BY schema_version"
+            "WHERE received_ts >= %(lookback)s AND received_ts < %(now)s "
+            "GROUP BY schema_version ORDER BY schema_version"
         ),
         lookback=now - timedelta(days=q.volume_baseline_days),
+        now=now,
     )
     for version, first_seen, n in versions:
         if _utc(first_seen) >= since and len(versions) > 1:
@@ -239,10 +300,12 @@ def click_fraud(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutco
         (
             "SELECT customer_id, site_id, campaign_id, countIf(event_type = 'impression') AS imps, "
             "countIf(event_type = 'ad_click') AS clicks FROM {db}.events "
-            "WHERE received_ts >= %(since)s AND event_type IN ('impression', 'ad_click') "
+            "WHERE received_ts >= %(since)s AND received_ts < %(now)s "
+            "AND event_type IN ('impression', 'ad_click') "
             "GROUP BY customer_id, site_id, campaign_id HAVING imps > 0 ORDER BY clicks DESC"
         ),
         since=since,
+        now=now,
     )
     for customer, site, campaign, imps, clicks in ctr_rows:
         ctr = clicks / imps
@@ -259,12 +322,14 @@ def click_fraud(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutco
             ch,
             (
                 f"SELECT customer_id, {column}, count() AS clicks FROM {{db}}.events "
-                f"WHERE received_ts >= %(since)s AND event_type = 'ad_click' "
+                "WHERE received_ts >= %(since)s AND received_ts < %(now)s "
+                "AND event_type = 'ad_click' "
                 f"AND {column} IS NOT NULL "
                 f"GROUP BY customer_id, {column} HAVING clicks > %(limit)s ORDER BY clicks DESC "
                 "LIMIT 20"
             ),
             since=since,
+            now=now,
             limit=q.clicks_per_source_max,
         )
         for customer, source, clicks in burst_rows:
@@ -284,44 +349,73 @@ def click_fraud(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutco
 
 
 def hot_keys(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
-    """One customer taking most of the traffic, or one record (user, campaign) within one."""
+    """One customer taking most of the traffic, or one record (user, campaign) within one.
+
+    A customer is hot when its share is above the limit and above its own usual share (over
+    the baseline days before the window) by ``hot_customer_growth``: a customer that is
+    always that big is a fact of the platform, not an anomaly. A key is hot when its share
+    of the customer's events is above the limit and above ``hot_record_fair_factor`` times
+    its fair share (1 / the customer's distinct keys; at most 80 %): an advertiser with four
+    campaigns has one at 25 % every hour.
+    """
     since = now - timedelta(minutes=q.window_minutes)
     rows = ch_query(
         ch,
         (
-            "SELECT customer_id, count() FROM {db}.events "
-            "WHERE received_ts >= %(since)s GROUP BY customer_id"
+            "SELECT customer_id, countIf(received_ts >= %(since)s) AS n, "
+            "countIf(received_ts < %(since)s) AS before FROM {db}.events "
+            "WHERE received_ts >= %(lookback)s AND received_ts < %(now)s GROUP BY customer_id"
         ),
         since=since,
+        lookback=since - timedelta(days=q.volume_baseline_days),
+        now=now,
     )
-    total = sum(n for _, n in rows)
+    total = sum(n for _, n, _ in rows)
+    total_before = sum(b for _, _, b in rows)
     offenders = []
     if total >= q.hot_min_events:
-        for customer, n in sorted(rows, key=lambda r: -r[1]):
-            if n / total > q.for_customer(customer, "hot_customer_share"):
+        for customer, n, before in sorted(rows, key=lambda r: -r[1]):
+            share, limit = n / total, q.for_customer(customer, "hot_customer_share")
+            usual = before / total_before if total_before else 0.0
+            if share > limit and share > usual * q.hot_customer_growth:
+                usually = f"; usually {usual:.0%}" if total_before else ""
                 offenders.append(
-                    f"customer {customer}: {n / total:.0%} of {total} events "
-                    f"(limit {q.for_customer(customer, 'hot_customer_share'):.0%})"
+                    f"customer {customer}: {share:.0%} of {total} events "
+                    f"(limit {limit:.0%}{usually})"
                 )
     for column in ("user_id", "campaign_id"):
         key_rows = ch_query(
             ch,
             (
-                f"SELECT customer_id, {column}, count() AS n, "
-                f"sum(n) OVER (PARTITION BY customer_id) AS customer_total "
-                f"FROM {{db}}.events WHERE received_ts >= %(since)s AND {column} IS NOT NULL "
-                f"GROUP BY customer_id, {column} ORDER BY n DESC LIMIT 20"
+                f"SELECT customer_id, key, n, customer_total, keys FROM ("
+                f"SELECT customer_id, {column} AS key, count() AS n, "
+                f"sum(n) OVER (PARTITION BY customer_id) AS customer_total, "
+                f"count() OVER (PARTITION BY customer_id) AS keys "
+                f"FROM {{db}}.events WHERE received_ts >= %(since)s AND received_ts < %(now)s "
+                f"AND {column} IS NOT NULL GROUP BY customer_id, {column}) "
+                # the rules below, loosest over the overrides: the limit only caps evidence
+                f"WHERE customer_total >= %(min_events)s AND keys > 1 "
+                f"AND n / customer_total > greatest(%(share)s, least(%(fair)s / keys, 0.8)) "
+                f"ORDER BY n DESC LIMIT 50"
             ),
             since=since,
+            now=now,
+            min_events=q.hot_min_events,
+            fair=q.hot_record_fair_factor,
+            share=min(
+                [q.hot_record_share, *(o.get("hot_record_share", 1) for o in q.overrides.values())]
+            ),
         )
-        for customer, key, n, customer_total in key_rows:
+        for customer, key, n, customer_total, keys in key_rows:
             share = n / customer_total
-            if customer_total >= q.hot_min_events and share > q.for_customer(
-                customer, "hot_record_share"
-            ):
+            # a customer's only campaign is not hot (the customer share rule sees it); with
+            # two or three keys, twice the fair share would be out of reach: at most 80 %
+            fair_limit = min(q.hot_record_fair_factor / keys, 0.8)
+            limit = max(q.for_customer(customer, "hot_record_share"), fair_limit)
+            if keys > 1 and customer_total >= q.hot_min_events and share > limit:
                 offenders.append(
                     f"{customer} {column} {key}: {share:.0%} of the customer's "
-                    f"{customer_total} events ({n})"
+                    f"{customer_total} events ({n}; {keys} {column} keys)"
                 )
     return _outcome(
         "hot_keys",

@@ -185,11 +185,12 @@ class TrafficGenerator:
         label: str = "normal",
         event_type: str | None = None,
         ip: str | None = None,
+        campaign: Campaign | None = None,
     ) -> SimulatedEvent:
         rng = self.rng
         if event_type is None:
             event_type = rng.choices([t for t, _ in AD_MIX], weights=[w for _, w in AD_MIX])[0]
-        campaign = rng.choice(customer.campaigns)
+        campaign = campaign or rng.choice(customer.campaigns)
         site = rng.choice(customer.sites)
         user = f"{customer.customer_id}-viewer-{rng.randrange(50_000)}"
         common = {
@@ -288,6 +289,45 @@ class TrafficGenerator:
                         ip="203.0.113.66",
                     )
                 )
+        return out
+
+    def inject(
+        self, kind: str, customer_id: str, n: int, now_ms: int, key: str | None = None
+    ) -> list[SimulatedEvent]:
+        """``n`` events of one labelled anomaly for one customer, around ``now_ms``.
+
+        ``spike``: more of the customer's usual traffic; ``click_fraud``: ad clicks from the
+        IP ``key``; ``hot_key``: events of the user or campaign ``key`` (a campaign id of
+        the customer's, else a user id);
+        ``bad_events``: events the collector rejects (a broken sender). A volume drop is an
+        absence: leave out the customer's events (labelled in the run, not per event).
+        """
+        customer = next(c for c in self.customers if c.customer_id == customer_id)
+        hot_campaign = next((c for c in customer.campaigns if c.campaign_id == key), None)
+
+        def usual() -> SimulatedEvent:
+            if customer.kind == AD_NETWORK:
+                return self._ad_event(customer, now_ms)
+            return self._product_event(customer, now_ms)
+
+        out = []
+        for _ in range(n):
+            if kind == "click_fraud":
+                made = self._ad_event(customer, now_ms, event_type="ad_click", ip=key)
+            elif kind == "bad_events":
+                made = self._spoil(usual())
+            elif kind == "hot_key" and hot_campaign is not None:
+                made = self._ad_event(customer, now_ms, campaign=hot_campaign)
+            else:
+                made = usual()
+                if kind == "hot_key":
+                    made.event["user_id"] = key
+                elif kind != "spike":
+                    raise ValueError(f"unknown anomaly kind {kind!r}")
+            if not made.label.startswith("bad:"):
+                made.label = f"anomaly:{kind}"
+            self.sent[(made.customer_id, made.event_type, made.label)] += 1
+            out.append(made)
         return out
 
     def _spoil(self, good: SimulatedEvent) -> SimulatedEvent:
