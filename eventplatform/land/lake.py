@@ -59,15 +59,11 @@ def write_events(
     lake_dir: Path, table: pa.Table, ranges: Iterable[OffsetRange]
 ) -> list[WrittenFile]:
     """Write landed events (``landed_schema()``) as one file per partition, date and hour."""
-    hours = pc.divide(
-        pc.cast(pc.cast(table.column("event_ts"), pa.timestamp("ms")), pa.int64()),
-        MS_PER_HOUR,
-    ).to_numpy(zero_copy_only=False)
     return _write_grouped(
         lake_dir / EVENTS_DIR,
         table,
         ranges,
-        hours,
+        _hours(table, "event_ts"),
         lambda hour: f"event_date={_date(hour)}/event_hour={hour % 24}",
     )
 
@@ -76,14 +72,16 @@ def write_dead_letters(
     lake_dir: Path, table: pa.Table, ranges: Iterable[OffsetRange]
 ) -> list[WrittenFile]:
     """Write landed dead letters (``DEAD_LETTER_SCHEMA``), one file per partition and day."""
-    hours = pc.divide(
-        pc.cast(pc.cast(table.column("dead_ts"), pa.timestamp("ms")), pa.int64()),
-        MS_PER_HOUR,
-    ).to_numpy(zero_copy_only=False)
-    days = (hours // 24) * 24
+    days = (_hours(table, "dead_ts") // 24) * 24
     return _write_grouped(
         lake_dir / DEAD_LETTERS_DIR, table, ranges, days, lambda h: f"dead_date={_date(h)}"
     )
+
+
+def _hours(table: pa.Table, column: str) -> np.ndarray:
+    """Hours since the epoch (UTC) of a timestamp column."""
+    ms = pc.cast(pc.cast(table.column(column), pa.timestamp("ms")), pa.int64())
+    return pc.divide(ms, MS_PER_HOUR).to_numpy(zero_copy_only=False)
 
 
 def _date(hour_since_epoch: int) -> str:
