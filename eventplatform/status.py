@@ -98,7 +98,7 @@ def landed_lines(settings: Settings, now: datetime) -> list[str]:
     lines = []
     for customer, landed, count in rows:
         landed = landed if landed.tzinfo else landed.replace(tzinfo=UTC)
-        age = (now - landed).total_seconds()
+        age = max(0.0, (now - landed).total_seconds())  # landed while this screen was built
         lines.append(
             f"  {customer:<20} {landed:%Y-%m-%d %H:%M:%S}Z ({age:,.0f}s ago), {count:,} events"
         )

@@ -123,13 +123,12 @@ class StopRequest:
             return True
         if time.monotonic() - self._checked >= self.poll_s:
             self._checked = time.monotonic()
-            run = self.context.instance.get_run_by_id(self.context.run_id)
-            return run is not None and run.status == DagsterRunStatus.CANCELING
+            return self._canceling()
         return False
 
     @contextmanager
     def deferring_signals(self) -> Iterator[None]:
-        """Hold SIGINT/SIGTERM until the batch in hand is landed, then pass them on."""
+        """Hold SIGINT/SIGTERM until the batch in hand is landed (then see below)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -145,8 +144,15 @@ class StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if self.signalled is not None:  # now let Dagster see it: the run ends as interrupted
+        # Terminated from the UI (the run is CANCELING): let Dagster see the interrupt, so the
+        # run ends as canceled. A plain SIGTERM/SIGINT (the platform shutting down) ends the
+        # run normally: it stopped where it should, between batches.
+        if self.signalled is not None and self._canceling():
             os.kill(os.getpid(), self.signalled)
+
+    def _canceling(self) -> bool:
+        run = self.context.instance.get_run_by_id(self.context.run_id)
+        return run is not None and run.status == DagsterRunStatus.CANCELING
 
 
 @op(
