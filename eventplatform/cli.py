@@ -196,6 +196,7 @@ def _register_domain_commands() -> None:
         demo_setup_command,
     ):
         main.add_command(command)
+    main.add_command(ingest, name="replay")  # the same command by the name operators use
     main.add_command(marts)
     main.add_command(sql_command)
 

@@ -336,9 +336,10 @@ def test_customer_cli_and_ndjson_replay(platform: Settings, tmp_path) -> None:
     replay = tmp_path / "events.ndjson"
     lines = [orjson.dumps(example_event("purchase", event_id=f"r{i}")) for i in range(7)]
     replay.write_bytes(b"\n".join([*lines, b'{"event_type": "nope"}']) + b"\n")
-    done = cli("ingest", str(replay), "--customer", "initech", "--batch", "3")
+    done = cli("replay", str(replay), "--customer", "initech", "--batch", "3")
     assert done.returncode == 0, done.stderr
     assert "7 accepted, 1 rejected" in done.stdout
+    assert "replaying" in done.stderr  # the progress bar
     assert len(read_topic(platform, platform.kafka.raw_topic, 7)) == 7
 
 

@@ -128,7 +128,11 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
     )
     totals = {"accepted": 0, "rejected": 0}
     started = time.monotonic()
-    with open(ndjson_file, "rb") as f:
+    size = ndjson_file.stat().st_size
+    with (
+        open(ndjson_file, "rb") as f,
+        click.progressbar(length=size, label="replaying", file=sys.stderr) as progress,
+    ):
         lines: list[bytes] = []
         for line in [*f, None]:
             if line is not None and line.strip():
@@ -140,6 +144,7 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
                 totals["rejected"] += len(result.rejected)
                 for r in result.rejected[:20]:
                     click.echo(f"rejected: {'; '.join(r.errors)}", err=True)
+                progress.update(sum(len(x) for x in lines))
                 lines = []
     remaining = producer.flush(120)
     if remaining or intake.delivery_failures:
