@@ -124,6 +124,11 @@ class CollectorSettings(BaseSettings):
         "?sync=true does).",
     )
     sync_timeout_s: float = 30.0
+    shutdown_flush_s: float = Field(
+        default=310.0,
+        description="On SIGTERM, how long to wait for the broker to take every accepted event "
+        "(past the producer's 300 s delivery timeout, so nothing accepted is abandoned early).",
+    )
     retry_after_s: int = 2
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
     access_log: bool = False

@@ -84,9 +84,14 @@ class Collector:
         while not self._stop.is_set():
             self.producer.poll(0.1)
 
-    def close(self, timeout_s: float = 60.0) -> int:
+    def close(self, timeout_s: float | None = None) -> int:
+        """Flush what was accepted. By default wait as long as the producer itself keeps
+        retrying (its delivery timeout): a broker that is down or slow to come back must not
+        make the collector abandon events it answered 202 for."""
         self._stop.set()
         self._poller.join(timeout=5)
+        if timeout_s is None:
+            timeout_s = self.settings.collector.shutdown_flush_s
         remaining = self.producer.flush(timeout_s)
         if remaining:
             log.error("%d messages not delivered at shutdown", remaining)
