@@ -86,3 +86,13 @@ def topics(platform_env: Settings) -> Settings:
     platform_env.land.idle_stop_s = 1.0
     platform_env.land.batch_max_wait_s = 0.3
     return platform_env
+
+
+@pytest.fixture
+def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+    """Settings with this test's own data folder and Dagster home (no Kafka needed)."""
+    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

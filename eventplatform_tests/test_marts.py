@@ -3,7 +3,6 @@ the Parquet export, the warehouse and the ClickHouse mirror (no broker needed)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -16,7 +15,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.events.arrow import KAFKA_FIELDS, events_to_arrow, landed_schema
 from eventplatform.marts.build import MartBuilder
 from eventplatform.marts.catalog import load_marts, parse_mart
-from eventplatform.settings import REPO_ROOT, Settings, get_settings
+from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.marts_data import CAMPAIGNS_CSV, D0, D1, D2, make_lake
 
 MART_NAMES = [
@@ -27,15 +26,6 @@ MART_NAMES = [
     "product_retention_weekly",
     "publisher_revenue_daily",
 ]
-
-
-@pytest.fixture
-def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
 
 
 @pytest.fixture

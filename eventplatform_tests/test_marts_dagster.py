@@ -40,15 +40,6 @@ HISTORY = ["product_active_users_daily", "product_retention_weekly"]
 
 
 @pytest.fixture
-def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
     (tmp_path / "instance").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
