@@ -17,8 +17,7 @@ from confluent_kafka import TopicPartition
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.kafka.broker import broker_answers
 from eventplatform.kafka.clients import make_consumer, watermark_offsets
-from eventplatform.land.sources import sources
-from eventplatform.quality.kafka_stats import consumer_lag
+from eventplatform.land.sources import lag_per_shard, sources
 from eventplatform.settings import Settings
 
 
@@ -59,10 +58,7 @@ def topic_lines(settings: Settings) -> list[str]:
 def lag_lines(settings: Settings) -> list[str]:
     lines = []
     for source in sources(settings).values():
-        lag = consumer_lag(settings.kafka.bootstrap, settings.land.group_id, source.topic)
-        by_shard = {s: 0 for s in range(source.shards)}
-        for partition, n in lag.items():
-            by_shard[partition % source.shards] += n
+        by_shard = lag_per_shard(settings, source)
         shards = ", ".join(f"shard {s}: {n:,}" for s, n in by_shard.items())
         lines.append(f"  {source.topic}: {shards}")
     return lines

@@ -51,11 +51,8 @@ def produced(topics: Settings) -> tuple[Settings, set[str]]:
 
 
 def manifest_of(settings: Settings) -> Manifest:
-    return Manifest(
-        settings.lake_dir
-        / "_landing"
-        / settings.land.group_id
-        / f"{settings.kafka.raw_topic}.shard-0-of-1.json"
+    return Manifest.of_shard(
+        settings.lake_dir, settings.land.group_id, settings.kafka.raw_topic, 0, 1
     )
 
 

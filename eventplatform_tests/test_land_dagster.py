@@ -163,9 +163,8 @@ def test_an_interrupted_run_stops_between_batches(topics: Settings, tmp_path: Pa
     output, _ = runner.communicate(timeout=120)
     assert runner.returncode == 0, output
     assert "stopped: asked to stop" in output
-    manifest = Manifest(
-        settings.lake_dir / "_landing" / settings.land.group_id / f"{settings.kafka.raw_topic}"
-        ".shard-0-of-1.json"
+    manifest = Manifest.of_shard(
+        settings.lake_dir, settings.land.group_id, settings.kafka.raw_topic, 0, 1
     )
     assert not manifest.path.exists()
     # What was landed is exactly what was committed: the run did not stop inside a batch.

@@ -39,8 +39,7 @@ from eventplatform.budgets.signals import BudgetController
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.defs.resources import PlatformResource
 from eventplatform.land.lander import BatchReport
-from eventplatform.land.sources import build_lander, sources
-from eventplatform.quality.kafka_stats import consumer_lag
+from eventplatform.land.sources import build_lander, lag_per_shard, sources
 from eventplatform.settings import get_settings
 
 SHARD_TAG = "eventplatform/shard"
@@ -225,10 +224,7 @@ def _land_sensor(source_name: str, description: str):
     def _sensor(context: SensorEvaluationContext, platform: PlatformResource):
         settings = platform.settings()
         source = sources(settings)[source_name]
-        lag = consumer_lag(settings.kafka.bootstrap, settings.land.group_id, source.topic)
-        by_shard = {shard: 0 for shard in range(source.shards)}
-        for partition, n in lag.items():
-            by_shard[partition % source.shards] += n
+        by_shard = lag_per_shard(settings, source)
         in_flight = _shards_in_flight(context, source.topic)
         wanted = [s for s, n in by_shard.items() if n > 0 and s not in in_flight]
         context.update_cursor(json.dumps({"lag": by_shard, "in_flight": sorted(in_flight)}))

@@ -120,6 +120,13 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @classmethod
+    def of_shard(
+        cls, lake_dir: Path, group_id: str, topic: str, shard: int, shards: int
+    ) -> Manifest:
+        """Where the landing run of a shard keeps its manifest (beside the lake it writes)."""
+        return cls(lake_dir / "_landing" / group_id / f"{topic}.shard-{shard}-of-{shards}.json")
+
     def write(self, ranges: list[OffsetRange]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -165,9 +172,7 @@ class ShardLander:
         self.clickhouse = clickhouse
         self.dlq_topic = dlq_topic
         self.settings = settings
-        self.manifest = Manifest(
-            lake_dir / "_landing" / settings.group_id / f"{topic}.shard-{shard}-of-{shards}.json"
-        )
+        self.manifest = Manifest.of_shard(lake_dir, settings.group_id, topic, shard, shards)
         self.partitions: list[int] = []
         self.log: Callable[[str], None] = lambda line: None
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
+from eventplatform.quality.kafka_stats import consumer_lag
 from eventplatform.settings import Settings
 
 
@@ -26,6 +27,15 @@ def sources(settings: Settings) -> dict[str, Source]:
         "overflow": Source("overflow", k.overflow_topic, land.overflow_shards, "events", -10),
         "dlq": Source("dlq", k.dlq_topic, land.dlq_shards, "dead_letters", -5),
     }
+
+
+def lag_per_shard(settings: Settings, source: Source) -> dict[int, int]:
+    """Messages the landing group has not committed yet, per shard of ``source``."""
+    lag = consumer_lag(settings.kafka.bootstrap, settings.land.group_id, source.topic)
+    by_shard = {shard: 0 for shard in range(source.shards)}
+    for partition, n in lag.items():
+        by_shard[partition % source.shards] += n
+    return by_shard
 
 
 def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLander:
