@@ -10,9 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
@@ -28,33 +31,49 @@ from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.settings import REPO_ROOT, Settings
 
 
+@dataclass
+class RunningCollector:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 @contextmanager
-def running_collector(settings: Settings, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_collector(settings: Settings, **env: str) -> Iterator[RunningCollector]:
+    """`eventplatform collect` on a free port; its output goes to a file, not a pipe: a pipe
+    that nobody reads fills up (64 KiB) and then blocks whichever thread writes next, be it
+    uvicorn's event loop or librdkafka's broker thread logging a lost connection."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eventplatform.cli", "collect", "--port", str(port)],
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.mkstemp(prefix="collector-", suffix=".log")[1])
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventplatform.cli", "collect", "--port", str(port)],
+            env={**os.environ, **env},
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    collector = RunningCollector(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{collector.url}/healthz", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"collector did not start: {process.stdout.read().decode()}")
+            raise AssertionError(f"collector did not start: {collector.output()}")
         time.sleep(0.2)
     try:
-        yield url, process
+        yield collector
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+        log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -100,7 +119,8 @@ def test_accepts_valid_events_and_dead_letters_bad_ones(platform: Settings, keys
         example_event("click", customer_id="globex"),  # not acme's to send
         "not an object",
     ]
-    with running_collector(platform) as (url, _):
+    with running_collector(platform) as collector:
+        url = collector.url
         response = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
     assert response.status_code == 202
     body = response.json()
@@ -131,7 +151,8 @@ def test_ndjson_gzip_and_checksums(platform: Settings, keys) -> None:
     ndjson = b"\n".join(orjson.dumps(example_event("signup", event_id=f"s{i}")) for i in range(5))
     ndjson += b"\n{broken json\n"
     body = gzip.compress(ndjson)
-    with running_collector(platform) as (url, _):
+    with running_collector(platform) as collector:
+        url = collector.url
         headers = {
             **auth(keys["globex"]),
             "Content-Encoding": "gzip",
@@ -174,7 +195,8 @@ def test_auth_size_limits_and_revocation(platform: Settings, keys) -> None:
         "EP_COLLECTOR_KEY_CACHE_S": "0",
     }
     one = [example_event("click")]
-    with running_collector(platform, **env) as (url, _):
+    with running_collector(platform, **env) as collector:
+        url = collector.url
         assert httpx.post(f"{url}/v1/events", json=one).status_code == 401
         assert (
             httpx.post(
@@ -211,7 +233,8 @@ def test_quota_overflow_and_hard_cap(platform: Settings, keys) -> None:
         "EP_COLLECTOR_HARD_CAP_BURST": "30",
     }
     batch = [example_event("page_view") for _ in range(25)]
-    with running_collector(platform, **env) as (url, _):
+    with running_collector(platform, **env) as collector:
+        url = collector.url
         first = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
         assert (first.json()["accepted"], first.json()["overflowed"]) == (10, 15)
         capped = httpx.post(f"{url}/v1/events", json=batch, headers=auth(keys["acme"]))
@@ -230,7 +253,8 @@ def test_quota_overflow_and_hard_cap(platform: Settings, keys) -> None:
 
 def test_full_buffer_is_503_and_nothing_is_produced(platform: Settings, keys) -> None:
     # A producer buffer of 5 messages: a batch of 10 cannot fit, so it is refused up front.
-    with running_collector(platform, EP_COLLECTOR_PRODUCER_MAX_MESSAGES="5") as (url, _):
+    with running_collector(platform, EP_COLLECTOR_PRODUCER_MAX_MESSAGES="5") as collector:
+        url = collector.url
         busy = httpx.post(
             f"{url}/v1/events", json=[example_event("click")] * 10, headers=auth(keys["acme"])
         )
@@ -262,7 +286,8 @@ def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
                 *(post(json=small, headers=auth(keys["acme"])) for _ in range(3)),
             )
 
-    with running_collector(platform, **unlimited) as (url, _):
+    with running_collector(platform, **unlimited) as collector:
+        url = collector.url
         answers = asyncio.run(send_both(url))
     assert [a.status_code for a in answers] == [202] * 4
     assert [a.json()["accepted"] for a in answers] == [len(large)] + [len(small)] * 3
@@ -271,7 +296,8 @@ def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
 
 
 def test_operational_endpoints(platform: Settings, keys) -> None:
-    with running_collector(platform) as (url, _):
+    with running_collector(platform) as collector:
+        url = collector.url
         assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
         document = httpx.get(f"{url}/openapi.json").json()
         assert set(document["paths"]["/v1/events"]["post"]["responses"]) >= {
@@ -293,7 +319,8 @@ def test_operational_endpoints(platform: Settings, keys) -> None:
 
 def test_sigterm_flushes_every_accepted_event(platform: Settings, keys) -> None:
     batches, accepted = 20, 0
-    with running_collector(platform) as (url, process):
+    with running_collector(platform) as collector:
+        url, process = collector.url, collector.process
         with httpx.Client() as client:
             for b in range(batches):
                 events = [example_event("page_view", event_id=f"b{b}-{i}") for i in range(250)]
@@ -302,7 +329,7 @@ def test_sigterm_flushes_every_accepted_event(platform: Settings, keys) -> None:
         process.send_signal(signal.SIGTERM)  # right away: the producer still holds events
         # uvicorn shuts down gracefully, then re-raises the signal: status -SIGTERM.
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
-        log = process.stdout.read().decode()
+        log = collector.output()
     assert accepted == 5000
     assert "every accepted event reached the broker" in log
     ids = {

@@ -125,7 +125,8 @@ def test_collector_fuzz_no_5xx_and_every_event_accounted_for(platform_env: Setti
         "EP_COLLECTOR_HARD_CAP_PER_S": "1e9",
         "EP_COLLECTOR_HARD_CAP_BURST": "1e9",
     }
-    with running_collector(platform_env, **env) as (url, _):
+    with running_collector(platform_env, **env) as collector:
+        url = collector.url
 
         def record(response: httpx.Response | object) -> None:
             status = response.status_code
