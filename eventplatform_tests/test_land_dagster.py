@@ -147,20 +147,22 @@ def test_an_interrupted_run_stops_between_batches(topics: Settings, tmp_path: Pa
         "EP_LAND_IDLE_STOP_S": "120",
     }
     command = ["job", "execute", "-m", "eventplatform.defs", "-j", "land_events", "-c", str(config)]
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "dagster", *command],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log_path = tmp_path / "run.log"  # a file, not a pipe: nobody reads while the run logs
+    with open(log_path, "wb") as log_file:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "dagster", *command],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 120
     while not list(settings.lake_dir.rglob("*.parquet")) and time.monotonic() < deadline:
-        assert runner.poll() is None, runner.communicate()[0]
+        assert runner.poll() is None, log_path.read_text()
         time.sleep(0.05)
     runner.send_signal(signal.SIGINT)
-    output, _ = runner.communicate(timeout=120)
+    runner.wait(timeout=120)
+    output = log_path.read_text()
     assert runner.returncode == 0, output
     assert "stopped: asked to stop" in output
     manifest = Manifest.of_shard(
