@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, throwaway_broker
 
 from eventplatform.collect.customers import CustomerStore
-from eventplatform.collect.intake import Intake, parse_body
+from eventplatform.collect.intake import Intake, parse_body, producer_limits
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
 from eventplatform.events import EventCodec, EventValidator
@@ -90,14 +90,15 @@ class HttpRun:
 # --- the raw producer and the in-process intake -------------------------------------------
 
 
+BENCH_BUFFER_MESSAGES, BENCH_BUFFER_BYTES = 990_000, 2**30
+
+
 def collector_producer(bootstrap: str, settings: Settings):
     """A producer configured as the collector's (buffer larger: the rate is the point)."""
     return make_producer(
         bootstrap,
-        **{
-            "queue.buffering.max.messages": 1_000_000,
-            "linger.ms": settings.collector.producer_linger_ms,
-        },
+        **producer_limits(BENCH_BUFFER_MESSAGES, BENCH_BUFFER_BYTES),
+        **{"linger.ms": settings.collector.producer_linger_ms},
     )
 
 
@@ -135,7 +136,8 @@ def intake_rate(bootstrap: str, settings: Settings, body: bytes, requests: int) 
         k.dlq_topic,
         Quotas(unlimited, unlimited, unlimited, unlimited),
         Metrics(),
-        900_000,
+        BENCH_BUFFER_MESSAGES,
+        max_buffered_bytes=BENCH_BUFFER_BYTES,
     )
     intake.accept("bench", parse_body(body, "application/json", 10_000), 0)  # connect first
     producer.flush(30)

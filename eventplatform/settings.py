@@ -117,6 +117,11 @@ class CollectorSettings(BaseSettings):
     )
     hard_cap_burst: float = 50_000.0
     producer_max_messages: int = 200_000
+    producer_max_mib: int = Field(
+        default=1024,
+        description="Event bytes the collector may hold for the broker (with the message "
+        "limit above: beyond either, a request is answered 503 and nothing of it is kept).",
+    )
     producer_linger_ms: int = Field(
         default=20,
         description="How long the producer gathers a batch: fewer, larger produce requests "

@@ -269,6 +269,62 @@ def test_full_buffer_is_503_and_nothing_is_produced(platform: Settings, keys) ->
     assert len(read_topic(platform, platform.kafka.raw_topic, 3)) == 3
 
 
+def test_a_batch_is_kept_whole_or_not_at_all_when_the_byte_limit_is_reached(
+    platform: Settings, keys
+) -> None:
+    """The broker is down (nothing listens at its address), so everything accepted stays in
+    the collector's buffer. Clients post concurrently until the 1 MiB limit answers 503: the
+    buffer then holds exactly the messages of the 202s, no part of a refused batch, and no
+    more bytes than the limit."""
+    padding = "x" * 8000  # about 8 KB an event: a 1 MiB buffer holds some 130 of them
+    unlimited = {"EP_COLLECTOR_BURST": "1e6", "EP_COLLECTOR_HARD_CAP_BURST": "1e6"}
+    # Past half of 300 messages requests are taken in threads, several at once.
+    env = {
+        **unlimited,
+        "EP_COLLECTOR_PRODUCER_MAX_MIB": "1",
+        "EP_COLLECTOR_PRODUCER_MAX_MESSAGES": "300",
+    }
+    env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{free_port()}"
+    env["EP_COLLECTOR_SHUTDOWN_FLUSH_S"] = "1"  # at the end: no broker will come to take them
+
+    def batch(client: int, request: int, size: int) -> list[dict]:
+        events = [example_event("click", event_id=f"c{client}-{request}-{i}") for i in range(size)]
+        for event in events:
+            event["properties"] = {"note": padding}
+        events[0]["event_type"] = "not-a-type"  # one dead letter a batch: it takes room too
+        return events
+
+    async def flood(url: str) -> list[tuple[int, int]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one_client(c: int) -> list[tuple[int, int]]:
+                answers = []
+                for r in range(12):
+                    size = 40 if r % 3 == 0 else 9
+                    response = await client.post(
+                        f"{url}/v1/events", json=batch(c, r, size), headers=auth(keys["acme"])
+                    )
+                    answers.append((response.status_code, size))
+                return answers
+
+            return [
+                a for answers in await asyncio.gather(*map(one_client, range(4))) for a in answers
+            ]
+
+    with running_collector(platform, **env) as collector:
+        answers = asyncio.run(flood(collector.url))
+        metrics = httpx.get(f"{collector.url}/metrics").text
+    assert {status for status, _ in answers} == {202, 503}, answers
+    kept = sum(size for status, size in answers if status == 202)
+    gauges = dict(
+        line.split()
+        for line in metrics.splitlines()
+        if line.startswith("collector_producer_buffer_")
+    )
+    assert float(gauges["collector_producer_buffer_messages"]) == kept
+    assert 0 < float(gauges["collector_producer_buffer_bytes"]) <= 2**20
+
+
 def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
     platform: Settings, keys
 ) -> None:
@@ -392,6 +448,9 @@ def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> No
 
         def latency(self) -> float:
             return 0.002
+
+        def __len__(self) -> int:
+            return len(self._value)
 
     metrics = Metrics()
     intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]

@@ -25,7 +25,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from eventplatform.collect.customers import CachedAuthenticator, CustomerStore
-from eventplatform.collect.intake import BodyError, BufferFull, Intake, parse_body
+from eventplatform.collect.intake import (
+    BodyError,
+    BufferFull,
+    Intake,
+    parse_body,
+    producer_limits,
+)
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.openapi import openapi_document
 from eventplatform.collect.quotas import Quotas
@@ -54,12 +60,11 @@ class Collector:
         c, k = settings.collector, settings.kafka
         self.settings = settings
         self.metrics = Metrics()
+        max_bytes = c.producer_max_mib * 2**20
         self.producer = make_producer(
             k.bootstrap,
-            **{
-                "queue.buffering.max.messages": c.producer_max_messages + 10_000,
-                "linger.ms": c.producer_linger_ms,
-            },
+            **producer_limits(c.producer_max_messages, max_bytes),
+            **{"linger.ms": c.producer_linger_ms},
         )
         self.intake = Intake(
             self.producer,
@@ -69,6 +74,7 @@ class Collector:
             Quotas(c.rate_per_s, c.burst, c.hard_cap_per_s, c.hard_cap_burst),
             self.metrics,
             c.producer_max_messages,
+            max_buffered_bytes=max_bytes,
         )
         self.authenticate = CachedAuthenticator(CustomerStore(settings.customers_db), c.key_cache_s)
         self._stop = threading.Event()
@@ -251,6 +257,7 @@ async def metrics_endpoint(request: Request) -> Response:
     collector.metrics.set_gauge(
         "collector_producer_buffer_fill", len(collector.producer) / c.producer_max_messages
     )
+    collector.metrics.set_gauge("collector_producer_buffer_bytes", collector.intake.buffered_bytes)
     return PlainTextResponse(collector.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -102,7 +102,7 @@ def collect(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--batch", type=int, default=5000, show_default=True)
 def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
     """Replay an NDJSON file through the same validation as HTTP; waits for delivery."""
-    from eventplatform.collect.intake import Intake, parse_body
+    from eventplatform.collect.intake import Intake, parse_body, producer_limits
     from eventplatform.collect.metrics import Metrics
     from eventplatform.collect.quotas import Quotas
     from eventplatform.kafka.clients import make_producer
@@ -114,7 +114,8 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
             f"error: no customer {customer} (eventplatform customers add)", fg="red", err=True
         )
         sys.exit(1)
-    producer = make_producer(k.bootstrap)
+    max_messages, max_bytes = 100_000, 256 * 2**20
+    producer = make_producer(k.bootstrap, **producer_limits(max_messages, max_bytes))
     infinite = float("inf")
     intake = Intake(
         producer,
@@ -123,8 +124,9 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
         k.dlq_topic,
         Quotas(infinite, infinite, infinite, infinite),
         Metrics(),
-        1_000_000,
+        max_messages,
         source="replay",
+        max_buffered_bytes=max_bytes,
     )
     totals = {"accepted": 0, "rejected": 0}
     started = time.monotonic()
@@ -139,7 +141,9 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
                 lines.append(line)
             if lines and (line is None or len(lines) >= batch):
                 pairs = parse_body(b"\n".join(lines), "application/x-ndjson", len(lines))
-                result = intake.accept(customer, pairs, len(pairs))
+                # A slow broker slows the replay down; only one that stays away for the
+                # producer's whole delivery timeout stops it (before this batch is produced).
+                result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=300)
                 totals["accepted"] += result.accepted
                 totals["rejected"] += len(result.rejected)
                 for r in result.rejected[:20]:

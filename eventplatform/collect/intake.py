@@ -123,19 +123,31 @@ class Intake:
         metrics: Metrics,
         max_buffered: int,
         source: str = "http",
+        max_buffered_bytes: int = 1 << 30,
     ) -> None:
+        """``max_buffered`` messages and ``max_buffered_bytes`` of message values may wait
+        for the broker; the producer's own limits must sit above these (see
+        ``producer_limits``), so that a batch that passed the check is never refused halfway."""
         self.producer = producer
         self.raw_topic, self.overflow_topic, self.dlq_topic = raw_topic, overflow_topic, dlq_topic
         self.quotas, self.metrics = quotas, metrics
-        self.max_buffered = max_buffered
+        self.max_buffered, self.max_buffered_bytes = max_buffered, max_buffered_bytes
         self.source = source
         self.codec, self.validator = EventCodec(), EventValidator()
         self.delivery_failures = 0
+        # Room is checked and taken under one lock (requests produce from several threads),
+        # and the value bytes waiting for the broker are counted here: librdkafka does not
+        # say how many bytes it holds.
+        self._room = threading.Lock()
+        self._bytes_lock = threading.Lock()
+        self.buffered_bytes = 0
 
     def _delivered(self, err, msg, waiter: DeliveryWaiter | None = None) -> None:
         """Each message's delivery report (served by whoever polls the producer): the produce
         latency when acknowledged, else the failure counted and logged with the event id.
         One bound callback for every message, so nothing is allocated per message for it."""
+        with self._bytes_lock:
+            self.buffered_bytes -= len(msg)
         if err is None:
             self.metrics.observe_produce_latency(msg.latency() or 0.0)
         else:
@@ -160,10 +172,13 @@ class Intake:
         pairs: list[tuple[Any, bytes | None]],
         quota_checked: int,
         wait: bool = False,
+        wait_for_room_s: float = 0.0,
     ) -> IntakeResult:
         """Validate and produce ``pairs``; the first ``quota_checked`` go to raw, others to
-        overflow. Raises BufferFull before producing anything when the buffer cannot take it."""
-        if len(self.producer) + len(pairs) > self.max_buffered:
+        overflow. All of them are produced, or (BufferFull) none: a client told 503 retries
+        the whole batch, and must not find part of it already on its way. Waits up to
+        ``wait_for_room_s`` for room (a replay waits; an HTTP request answers 503 at once)."""
+        if not wait_for_room_s and len(self.producer) + len(pairs) > self.max_buffered:
             raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
         received_ms = int(time.time() * 1000)
         result = IntakeResult()
@@ -203,23 +218,48 @@ class Intake:
         callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
         key = customer.encode()
         produce = self.producer.produce
-        for produced, (topic, value, headers) in enumerate(messages):
-            deadline = None
-            while True:
-                try:
-                    produce(topic, key=key, value=value, headers=headers, on_delivery=callback)
-                    break
-                except BufferError:  # the byte limit: wait for the broker, never drop
-                    deadline = deadline or time.monotonic() + 5
-                    if time.monotonic() > deadline:
-                        raise BufferFull(
-                            f"producer buffer full after {produced} of {len(messages)} "
-                            "messages of this request; retry the rest"
-                        ) from None
-                    self.producer.poll(0.05)
+        size = sum(len(value) for _, value, _ in messages)
+        with self._room:
+            self._take_room(len(messages), size, wait_for_room_s)
+            with self._bytes_lock:
+                self.buffered_bytes += size
+            for topic, value, headers in messages:
+                while True:
+                    try:
+                        produce(topic, key=key, value=value, headers=headers, on_delivery=callback)
+                        break
+                    except BufferError:  # not with the producer's limits above ours; never drop
+                        log.warning("producer refused a message within the checked room")
+                        self.producer.poll(0.05)
         self.producer.poll(0)
         self.metrics.inc("collector_events_accepted_total", result.accepted, customer=customer)
         self.metrics.inc("collector_events_overflowed_total", result.overflowed, customer=customer)
         self.metrics.inc("collector_events_rejected_total", len(result.rejected), customer=customer)
         result.delivery = waiter
         return result
+
+    def _take_room(self, messages: int, size: int, wait_s: float) -> None:
+        """Return once ``messages`` of ``size`` bytes fit in the buffer; BufferFull if they do
+        not within ``wait_s``. Called under ``_room``: nobody else takes room meanwhile."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            queued = len(self.producer)
+            if queued + messages <= self.max_buffered and (
+                self.buffered_bytes + size <= self.max_buffered_bytes or queued == 0
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise BufferFull(
+                    f"{queued} messages ({self.buffered_bytes / 2**20:.0f} MiB) waiting for "
+                    "the broker"
+                )
+            self.producer.poll(0.05)
+
+
+def producer_limits(max_messages: int, max_bytes: int) -> dict[str, int]:
+    """librdkafka's buffer limits, set above the intake's own (which it checks before it
+    produces a batch): headroom for keys and headers, which the intake does not count."""
+    return {
+        "queue.buffering.max.messages": max_messages + 10_000,
+        "queue.buffering.max.kbytes": max_bytes // 1024 + max_bytes // 4096 + 16_384,
+    }
