@@ -21,9 +21,11 @@ def decoded_event(
     payload: dict[str, Any] | None = None,
     **envelope: Any,
 ) -> dict[str, Any]:
-    """A contract datum as the collector would produce it (validated, stamped)."""
+    """A contract datum as the collector would produce it (validated, stamped). It happened
+    when it was received unless ``event_ts`` says otherwise (never the example's fixed date:
+    "spend today" would then depend on the day the tests run)."""
+    envelope.setdefault("event_ts", int(received.timestamp() * 1000))
     json_event = example_event(event_type, **envelope)
-    json_event.setdefault("event_ts", int(received.timestamp() * 1000))
     if payload:
         json_event["payload"].update(payload)
     datum, errors = _validator.validate(json_event, customer, int(received.timestamp() * 1000))
