@@ -46,7 +46,12 @@ from confluent_kafka import (
 )
 
 from eventplatform.clickhouse import ClickHouse
-from eventplatform.kafka.clients import committed_offsets, make_consumer, make_producer
+from eventplatform.kafka.clients import (
+    committed_offsets,
+    make_consumer,
+    make_producer,
+    watermark_offsets,
+)
 from eventplatform.kafka.dlq import send_dead_letter
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
@@ -214,7 +219,8 @@ class ShardLander:
                 log(f"replaying the batch a previous run did not finish: {replay}")
                 messages = self._read_exactly(consumer, replay)
                 self._finish(self._land(consumer, producer, messages, True), summary, on_batch)
-            consumer.assign(self._committed_positions(consumer))
+            starts = self._committed_positions(consumer)
+            consumer.assign(starts)
             while True:
                 if should_stop():
                     summary.stopped_because = "asked to stop"
@@ -227,8 +233,10 @@ class ShardLander:
                 messages = self._collect(consumer)
                 if not messages:
                     if time.monotonic() - last_message >= s.idle_stop_s:
-                        summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
-                        break
+                        if self._caught_up(consumer, starts):
+                            summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
+                            break
+                        last_message = time.monotonic()  # slow to fetch, not idle: go on
                     continue
                 last_message = time.monotonic()
                 first_collect = first_collect or collecting
@@ -248,6 +256,20 @@ class ShardLander:
             )
             for tp in committed_offsets(consumer, tps, 60)
         ]
+
+    def _caught_up(self, consumer: Consumer, starts: list[TopicPartition]) -> bool:
+        """Nothing left to read on the shard's partitions. A quiet spell alone is not enough:
+        on a loaded machine the first fetch after a start can take longer than the idle time."""
+        for start, now_at in zip(starts, consumer.position(starts), strict=True):
+            try:
+                low, high = watermark_offsets(consumer, start, 30)
+            except KafkaException as exc:  # the broker is away: not known to be done, go on
+                self.log(f"cannot tell the lag of {start.topic}[{start.partition}]: {exc}")
+                return False
+            position = now_at.offset if now_at.offset >= 0 else start.offset
+            if high > (position if position >= 0 else low):
+                return False
+        return True
 
     def _finish(self, report: BatchReport, summary: RunSummary, on_batch) -> None:
         summary.batches += 1
