@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -27,6 +28,7 @@ from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
+from eventplatform.reconcile import reconcile
 from eventplatform.settings import REPO_ROOT, Settings, get_settings
 from eventplatform_tests.test_collector import running_collector
 from eventplatform_tests.test_land import clickhouse_count, produce_events
@@ -86,6 +88,7 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
                     stderr=subprocess.STDOUT,
                 )
             )
+    started = datetime.now(UTC) - timedelta(minutes=1)
     accepted: set[str] = set()
     statuses: list[int] = []
     broker_down = threading.Event()
@@ -153,6 +156,25 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
         assert_landed_once(settings, accepted)
         overflowed = committed(settings, settings.kafka.overflow_topic, 3)
         assert committed(settings) + overflowed == len(accepted)
+        # The platform's own reconciliation, by Kafka offsets: accepted = landed, per customer.
+        k = settings.kafka
+        result = reconcile(
+            k.bootstrap,
+            platform_clickhouse(settings),
+            [k.raw_topic, k.overflow_topic],
+            k.dlq_topic,
+            settings.land.group_id,
+            started,
+            overflow_topic=k.overflow_topic,
+        )
+        acme = result.by_customer()["acme"]
+        assert (acme.in_kafka, acme.landed, acme.pending, acme.duplicates) == (
+            len(accepted),
+            len(accepted),
+            0,
+            0,
+        )
+        assert acme.overflow == overflowed and result.problems() == []
     finally:
         for lander in landers:
             if lander.poll() is None:
