@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port, install_jars
+from eventplatform.kafka.broker import BrokerConfig, LocalBroker, install_jars
 from eventplatform.settings import Settings
 
 
@@ -22,15 +22,7 @@ def throwaway_broker() -> Iterator[tuple[str, Path]]:
         else install_jars(settings.kafka_libs_dir)
     )
     with tempfile.TemporaryDirectory(prefix="ep-bench-") as tmp:
-        broker = LocalBroker(
-            BrokerConfig(
-                libs_dir=libs,
-                data_dir=Path(tmp) / "kafka",
-                port=free_port(),
-                controller_port=free_port(),
-                heap="1g",
-            )
-        )
+        broker = LocalBroker(BrokerConfig.on_free_ports(libs, Path(tmp) / "kafka", heap="1g"))
         broker.start()
         try:
             yield broker.config.bootstrap, Path(tmp)

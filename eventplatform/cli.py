@@ -151,24 +151,13 @@ def reconcile_command(since: str) -> None:
     """Messages in Kafka vs landed vs dead-lettered vs pending, per customer and hour.
 
     Exit 1 when something is missing or landed twice."""
-    from eventplatform.clickhouse import platform_clickhouse
-    from eventplatform.reconcile import format_table, parse_since, reconcile
+    from eventplatform.reconcile import format_table, parse_since, reconcile_platform
 
-    settings = get_settings()
-    k = settings.kafka
     try:
         start = parse_since(since)
     except ValueError as exc:
         _fail(str(exc))
-    result = reconcile(
-        k.bootstrap,
-        platform_clickhouse(settings),
-        [k.raw_topic, k.overflow_topic],
-        k.dlq_topic,
-        settings.land.group_id,
-        start,
-        overflow_topic=k.overflow_topic,
-    )
+    result = reconcile_platform(get_settings(), start)
     click.echo(format_table(result))
     problems = result.problems()
     for problem in problems:

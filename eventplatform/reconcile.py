@@ -17,12 +17,16 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from confluent_kafka import TopicPartition
 
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.clients import make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
+
+if TYPE_CHECKING:
+    from eventplatform.settings import Settings
 
 Hour = datetime
 Key = tuple[str, Hour]  # (customer, hour)
@@ -190,6 +194,22 @@ def reconcile(
         if offset >= committed.get((topic, partition), -1):
             result.rows[key].pending += 1
     return result
+
+
+def reconcile_platform(settings: Settings, since: datetime) -> Reconciliation:
+    """The platform's own topics, landing group and ClickHouse (`eventplatform reconcile`)."""
+    from eventplatform.clickhouse import platform_clickhouse
+
+    k = settings.kafka
+    return reconcile(
+        k.bootstrap,
+        platform_clickhouse(settings),
+        [k.raw_topic, k.overflow_topic],
+        k.dlq_topic,
+        settings.land.group_id,
+        since,
+        overflow_topic=k.overflow_topic,
+    )
 
 
 def format_table(result: Reconciliation) -> str:

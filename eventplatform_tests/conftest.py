@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port, install_jars
+from eventplatform.kafka.broker import BrokerConfig, LocalBroker, install_jars
 from eventplatform.settings import Settings, get_settings
 
 
@@ -27,14 +27,7 @@ def kafka_broker(
 ) -> Iterator[LocalBroker]:
     """A real Apache Kafka broker (KRaft) on free loopback ports, for the whole session."""
     data_dir = tmp_path_factory.mktemp("kafka")
-    broker = LocalBroker(
-        BrokerConfig(
-            libs_dir=kafka_libs,
-            data_dir=data_dir,
-            port=free_port(),
-            controller_port=free_port(),
-        )
-    )
+    broker = LocalBroker(BrokerConfig.on_free_ports(kafka_libs, data_dir))
     broker.start()
     yield broker
     broker.stop()

@@ -23,12 +23,12 @@ import pytest
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.collect.customers import CustomerStore
 from eventplatform.events.examples import example_event
-from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port
+from eventplatform.kafka.broker import BrokerConfig, LocalBroker
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
-from eventplatform.reconcile import reconcile
+from eventplatform.reconcile import reconcile_platform
 from eventplatform.settings import REPO_ROOT, Settings, get_settings
 from eventplatform_tests.test_collector import running_collector
 from eventplatform_tests.test_land import clickhouse_count, produce_events
@@ -59,14 +59,7 @@ def assert_landed_once(settings: Settings, expected_ids: set[str]) -> None:
 def test_broker_restart_under_load_loses_nothing_that_got_a_202(
     platform_env: Settings, monkeypatch, tmp_path: Path, kafka_libs: Path
 ) -> None:
-    broker = LocalBroker(
-        BrokerConfig(
-            libs_dir=kafka_libs,
-            data_dir=tmp_path / "kafka",
-            port=free_port(),
-            controller_port=free_port(),
-        )
-    )
+    broker = LocalBroker(BrokerConfig.on_free_ports(kafka_libs, tmp_path / "kafka"))
     broker.start()
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.config.bootstrap)
     monkeypatch.setenv("EP_LAND_RAW_SHARDS", "1")
@@ -157,16 +150,7 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
         overflowed = committed(settings, settings.kafka.overflow_topic, 3)
         assert committed(settings) + overflowed == len(accepted)
         # The platform's own reconciliation, by Kafka offsets: accepted = landed, per customer.
-        k = settings.kafka
-        result = reconcile(
-            k.bootstrap,
-            platform_clickhouse(settings),
-            [k.raw_topic, k.overflow_topic],
-            k.dlq_topic,
-            settings.land.group_id,
-            started,
-            overflow_topic=k.overflow_topic,
-        )
+        result = reconcile_platform(settings, started)
         acme = result.by_customer()["acme"]
         assert (acme.in_kafka, acme.landed, acme.pending, acme.duplicates) == (
             len(accepted),

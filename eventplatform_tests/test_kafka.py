@@ -33,14 +33,7 @@ def test_session_broker_runs_and_answers(kafka_broker: LocalBroker) -> None:
 
 
 def test_broker_start_stop_restart_keeps_topics(tmp_path: Path, kafka_libs: Path) -> None:
-    broker = LocalBroker(
-        BrokerConfig(
-            libs_dir=kafka_libs,
-            data_dir=tmp_path / "k",
-            port=free_port(),
-            controller_port=free_port(),
-        )
-    )
+    broker = LocalBroker(BrokerConfig.on_free_ports(kafka_libs, tmp_path / "k"))
     assert broker.status().detail == "not running"
     try:
         status = broker.start()
@@ -85,14 +78,7 @@ def test_missing_java_is_a_clear_error(tmp_path: Path, kafka_libs: Path, monkeyp
 
 
 def test_missing_jars_is_a_clear_error(tmp_path: Path) -> None:
-    broker = LocalBroker(
-        BrokerConfig(
-            libs_dir=tmp_path / "nolibs",
-            data_dir=tmp_path,
-            port=free_port(),
-            controller_port=free_port(),
-        )
-    )
+    broker = LocalBroker(BrokerConfig.on_free_ports(tmp_path / "nolibs", tmp_path))
     with pytest.raises(BrokerError, match="Kafka jars not found"):
         broker.start()
 
@@ -229,12 +215,8 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(
     from eventplatform.kafka.broker import java_executable
 
     broker = LocalBroker(
-        BrokerConfig(
-            libs_dir=kafka_libs,
-            data_dir=tmp_path / "kafka",
-            port=free_port(),
-            controller_port=free_port(),
-            cluster_id="-startswithadash01234a",
+        BrokerConfig.on_free_ports(
+            kafka_libs, tmp_path / "kafka", cluster_id="-startswithadash01234a"
         )
     )
     broker._write_properties()

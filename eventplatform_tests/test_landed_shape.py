@@ -66,6 +66,37 @@ def test_retried_insert_with_the_same_token_is_deduplicated(tmp_path: Path) -> N
     assert count == 2 * len(events)
 
 
+def test_the_landing_insert_lands_what_insert_arrow_does_and_deduplicates_with_it(
+    tmp_path: Path,
+) -> None:
+    """``ClickHouse.insert_arrow`` (through a file, for memory) against the client's own: the
+    same rows, and one batch's token recognised by both (a batch replayed after an upgrade)."""
+    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_test")
+    clickhouse.apply_ddl(SQL_DIR)
+    events = decoded_examples()
+    table = pa.concat_tables(  # several record batches, as a big batch's decoding can give
+        [events_to_arrow(events, "events.raw", 0, list(range(len(events))), 5000)] * 3
+    )
+    token = {"insert_deduplication_token": "batch-a"}
+    with clickhouse.session() as client:
+        client.command("CREATE TABLE ep_test.copy AS ep_test.events")
+        client.insert_arrow("ep_test.events", table, settings=token)
+        clickhouse.insert_arrow(client, "ep_test.copy", table, token)
+        differences = [
+            client.query(
+                f"SELECT count() FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})"
+            ).result_rows[0][0]
+            for a, b in [("ep_test.events", "ep_test.copy"), ("ep_test.copy", "ep_test.events")]
+        ]
+        client.insert_arrow("ep_test.copy", table, settings=token)  # replayed: dropped
+        clickhouse.insert_arrow(client, "ep_test.events", table, token)  # the same
+        counts = client.query(
+            "SELECT (SELECT count() FROM ep_test.events), (SELECT count() FROM ep_test.copy)"
+        ).result_rows[0]
+    assert differences == [0, 0]
+    assert counts == (3 * len(events), 3 * len(events))
+
+
 INSERT_SCRIPT = """
 import sys
 from eventplatform.clickhouse import ClickHouse

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -49,6 +50,11 @@ class BrokerConfig:
     cluster_id: str | None = None  # a multi-node cluster formats every node with one id
     # Extra server.properties (a test cluster sets its own quorum and replication here).
     overrides: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def on_free_ports(cls, libs_dir: Path, data_dir: Path, **options: Any) -> BrokerConfig:
+        """A broker on free loopback ports: one per test session, benchmark or fault test."""
+        return cls(libs_dir, data_dir, port=free_port(), controller_port=free_port(), **options)
 
     @property
     def bootstrap(self) -> str:

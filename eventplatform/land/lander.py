@@ -24,6 +24,7 @@ concurrency limit). Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -59,6 +60,7 @@ from eventplatform.settings import LandSettings
 
 CRASH_ENV = "EP_LAND_CRASH_AT"
 COST_EVENT_TYPES = pa.array(["impression", "ad_click", "conversion"])
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
 
 def crashpoint(name: str) -> None:
@@ -277,6 +279,7 @@ class ShardLander:
         summary.dead_letters += report.dead_letters
         summary.replayed_batches += report.replayed
         on_batch(report)
+        _return_free_heap()
 
     def _shard_partitions(self, consumer: Consumer) -> list[int]:
         metadata = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
@@ -313,6 +316,7 @@ class ShardLander:
     def _land(
         self, consumer: Consumer, producer, messages: list[Message], replayed: bool
     ) -> BatchReport:
+        """Land one batch; ``messages`` is emptied once decoded (to free memory early)."""
         t0 = time.monotonic()
         stages: dict[str, float] = {}
         clock = _StageClock(stages)
@@ -323,6 +327,9 @@ class ShardLander:
 
         landed_ms = int(time.time() * 1000)
         table, dead = self.rows.build(messages, landed_ms)
+        # The rows are all the sinks need: let the batch's Message objects (about as big as
+        # the table) go before the sinks' own buffers, and before the next batch is collected.
+        messages.clear()
         crashpoint("after_decode")
         clock("decode")
 
@@ -375,7 +382,8 @@ class ShardLander:
     def _insert(self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]) -> None:
         started = time.perf_counter()
         with self.clickhouse.session() as client:
-            client.insert_arrow(
+            self.clickhouse.insert_arrow(
+                client,
                 f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
                 table,
                 settings={"insert_deduplication_token": dedup_token(ranges)},
@@ -505,6 +513,17 @@ class _StageClock:
         now = time.perf_counter()
         self.stages[stage] = self.stages.get(stage, 0.0) + now - self.last
         self.last = now
+
+
+def _return_free_heap() -> None:
+    """Give the C heap's free pages back to the system once a batch is done.
+
+    glibc keeps what a batch freed (its Kafka messages, the decoder's columns, librdkafka's
+    fetch buffers) in per-thread arenas, and the next batch does not always allocate where
+    the last one freed: that was 60-90 MiB of the landing process's peak. It takes milliseconds.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
