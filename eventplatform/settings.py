@@ -182,6 +182,13 @@ class LandSettings(BaseSettings):
     max_run_s: float = Field(
         default=3600.0, description="A landing run ends after this long; the sensor starts another."
     )
+    max_batches_embedded: int = Field(
+        default=200,
+        description="With the embedded engine a landing run ends after this many batches, and "
+        "the sensor starts another: chdb 4.4 keeps threads and memory behind each time the "
+        "engine is opened (once a batch), and only the process's end gives them back. "
+        "0: no limit. A server DSN has none.",
+    )
     consumer_queue_kbytes: int = Field(
         default=32 * 1024, description="librdkafka's prefetch queue bound (memory)."
     )

@@ -106,6 +106,23 @@ def test_lands_what_was_produced_in_the_lake_and_clickhouse(topics: Settings) ->
     assert land_all(settings) == []
 
 
+def test_a_run_on_the_embedded_engine_ends_after_its_batch_limit_and_the_next_goes_on(
+    topics: Settings,
+) -> None:
+    settings = topics
+    settings.land.raw_shards = 1
+    settings.land.batch_max_records = 40
+    settings.land.max_batches_embedded = 2
+    sent = produce_events(settings, 200)
+    summaries = [build_lander(settings, "raw", 0).run() for _ in range(3)]
+    assert [s.rows for s in summaries] == [80, 80, 40]
+    assert [s.batches for s in summaries] == [2, 2, 1]
+    assert summaries[0].stopped_because.startswith("2 batches (max_batches_embedded")
+    assert summaries[2].stopped_because.startswith("idle")
+    ch = clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events")
+    assert ch == [(200, 200)] and len(lake_rows(settings)) == len(sent)
+
+
 def test_poison_messages_go_to_the_dlq_and_the_batch_goes_on(topics: Settings) -> None:
     settings = topics
     good = produce_events(settings, 20)

@@ -244,6 +244,12 @@ class ShardLander:
                 first_collect = first_collect or collecting
                 self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
                 summary.busy_s = time.monotonic() - first_collect
+                limit = s.max_batches_embedded if self.clickhouse.embedded else 0
+                if limit and summary.batches >= limit:
+                    summary.stopped_because = (
+                        f"{limit} batches (max_batches_embedded: chdb leaks a little per open)"
+                    )
+                    break
             return summary
         finally:
             self._inserter.shutdown(wait=True)
