@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import TopicPartition
 
-from eventplatform.clickhouse import ClickHouse
+from eventplatform.clickhouse import ClickHouse, platform_clickhouse
 from eventplatform.kafka.clients import make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
 
@@ -198,8 +198,6 @@ def reconcile(
 
 def reconcile_platform(settings: Settings, since: datetime) -> Reconciliation:
     """The platform's own topics, landing group and ClickHouse (`eventplatform reconcile`)."""
-    from eventplatform.clickhouse import platform_clickhouse
-
     k = settings.kafka
     return reconcile(
         k.bootstrap,

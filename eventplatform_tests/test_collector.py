@@ -76,6 +76,14 @@ def running_collector(settings: Settings, **env: str) -> Iterator[RunningCollect
         log_path.unlink(missing_ok=True)
 
 
+def gauge(url: str, name: str) -> float:
+    """One of the collector's gauges, from its Prometheus metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
 @pytest.fixture
 def platform(platform_env: Settings) -> Settings:
     ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
@@ -313,16 +321,12 @@ def test_a_batch_is_kept_whole_or_not_at_all_when_the_byte_limit_is_reached(
 
     with running_collector(platform, **env) as collector:
         answers = asyncio.run(flood(collector.url))
-        metrics = httpx.get(f"{collector.url}/metrics").text
+        buffered_messages = gauge(collector.url, "collector_producer_buffer_messages")
+        buffered_bytes = gauge(collector.url, "collector_producer_buffer_bytes")
     assert {status for status, _ in answers} == {202, 503}, answers
     kept = sum(size for status, size in answers if status == 202)
-    gauges = dict(
-        line.split()
-        for line in metrics.splitlines()
-        if line.startswith("collector_producer_buffer_")
-    )
-    assert float(gauges["collector_producer_buffer_messages"]) == kept
-    assert 0 < float(gauges["collector_producer_buffer_bytes"]) <= 2**20
+    assert buffered_messages == kept
+    assert 0 < buffered_bytes <= 2**20
 
 
 def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(

@@ -30,7 +30,7 @@ from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
 from eventplatform.reconcile import reconcile_platform
 from eventplatform.settings import REPO_ROOT, Settings, get_settings
-from eventplatform_tests.test_collector import running_collector
+from eventplatform_tests.test_collector import gauge, running_collector
 from eventplatform_tests.test_land import clickhouse_count, produce_events
 from eventplatform_tests.test_land_dagster import committed
 
@@ -167,11 +167,8 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
 
 
 def buffered(url: str) -> float:
-    """Messages the collector holds for the broker, from its Prometheus metrics."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("collector_producer_buffer_messages "):
-            return float(line.split()[1])
-    raise AssertionError("collector_producer_buffer_messages is not in /metrics")
+    """Messages the collector holds for the broker."""
+    return gauge(url, "collector_producer_buffer_messages")
 
 
 @pytest.fixture

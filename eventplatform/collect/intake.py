@@ -178,7 +178,7 @@ class Intake:
         overflow. All of them are produced, or (BufferFull) none: a client told 503 retries
         the whole batch, and must not find part of it already on its way. Waits up to
         ``wait_for_room_s`` for room (a replay waits; an HTTP request answers 503 at once)."""
-        if not wait_for_room_s and len(self.producer) + len(pairs) > self.max_buffered:
+        if not wait_for_room_s and not self._fits(len(pairs), 0):  # before any work
             raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
         received_ms = int(time.time() * 1000)
         result = IntakeResult()
@@ -242,18 +242,20 @@ class Intake:
         """Return once ``messages`` of ``size`` bytes fit in the buffer; BufferFull if they do
         not within ``wait_s``. Called under ``_room``: nobody else takes room meanwhile."""
         deadline = time.monotonic() + wait_s
-        while True:
-            queued = len(self.producer)
-            if queued + messages <= self.max_buffered and (
-                self.buffered_bytes + size <= self.max_buffered_bytes or queued == 0
-            ):
-                return
+        while not self._fits(messages, size):
             if time.monotonic() >= deadline:
                 raise BufferFull(
-                    f"{queued} messages ({self.buffered_bytes / 2**20:.0f} MiB) waiting for "
-                    "the broker"
+                    f"{len(self.producer)} messages ({self.buffered_bytes / 2**20:.0f} MiB) "
+                    "waiting for the broker"
                 )
             self.producer.poll(0.05)
+
+    def _fits(self, messages: int, size: int) -> bool:
+        """Room for ``messages`` more of ``size`` bytes (an empty buffer takes any one batch)."""
+        queued = len(self.producer)
+        return queued + messages <= self.max_buffered and (
+            self.buffered_bytes + size <= self.max_buffered_bytes or queued == 0
+        )
 
 
 def producer_limits(max_messages: int, max_bytes: int) -> dict[str, int]:
