@@ -14,6 +14,13 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventplatform.events.policy import (
+    DEFAULT_MAX_AGE_DAYS,
+    DEFAULT_MAX_EVENT_COST,
+    DEFAULT_MAX_FUTURE_S,
+    EventPolicy,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "4.4.0"  # newest 4.x on Maven Central when pinned; see eventplatform/kafka/pom.xml
 
@@ -146,6 +153,22 @@ class CollectorSettings(BaseSettings):
     access_log: bool = False
 
 
+class EventSettings(BaseSettings):
+    """Which well-formed events are accepted: the event_ts window (checked by the collector
+    and again by the lander, relative to each event's received_ts)."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_EVENTS_", extra="ignore")
+
+    max_age_days: float = Field(
+        default=DEFAULT_MAX_AGE_DAYS,
+        description="event_ts at most this many days before received_ts (history replays).",
+    )
+    max_future_s: float = Field(
+        default=DEFAULT_MAX_FUTURE_S,
+        description="event_ts at most this many seconds after received_ts (clock skew).",
+    )
+
+
 class BudgetSettings(BaseSettings):
     """Campaign budgets: tolerances for the checks that guard them."""
 
@@ -158,6 +181,10 @@ class BudgetSettings(BaseSettings):
         default=150.0, description="Today's pacing above this % (of an even spread) warns."
     )
     signal_reread_s: float = 30.0
+    max_event_cost: float = Field(
+        default=DEFAULT_MAX_EVENT_COST,
+        description="One event's cost at most this (and at least 0); others are dead-lettered.",
+    )
 
 
 class LandSettings(BaseSettings):
@@ -195,6 +222,16 @@ class LandSettings(BaseSettings):
     sensor_interval_s: int = 10
     commit_timeout_s: float = Field(
         default=300.0, description="How long a commit waits out a broker that is down."
+    )
+    shard_lock_wait_s: float = Field(
+        default=30.0,
+        description="How long a landing run waits for another lander of its shard to finish "
+        "before it fails (one lander per shard: two would land events twice).",
+    )
+    clickhouse_partitions_per_insert: int = Field(
+        default=100,
+        description="A batch spanning more months than this is inserted in several parts "
+        "(ClickHouse refuses an insert into more partitions than its limit).",
     )
 
 
@@ -296,6 +333,7 @@ class Settings:
         self.kafka = KafkaSettings()
         self.clickhouse = ClickHouseSettings()
         self.dagster = DagsterSettings()
+        self.events = EventSettings()
         self.collector = CollectorSettings()
         self.budgets = BudgetSettings()
         self.land = LandSettings()
@@ -305,6 +343,14 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return self.paths.data_dir
+
+    @property
+    def event_policy(self) -> EventPolicy:
+        return EventPolicy(
+            max_age_days=self.events.max_age_days,
+            max_future_s=self.events.max_future_s,
+            max_event_cost=self.budgets.max_event_cost,
+        )
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -348,6 +394,7 @@ class Settings:
             "kafka",
             "clickhouse",
             "dagster",
+            "events",
             "collector",
             "budgets",
             "land",

@@ -458,7 +458,9 @@ def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> No
 
     metrics = Metrics()
     intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]
-    datum, _ = EventValidator().validate(example_event("click", event_id="e-42"), "cust-a", 1)
+    datum, _ = EventValidator().validate(
+        example_event("click", event_id="e-42"), "cust-a", 1795428000123
+    )
     encoded = EventCodec().encode(datum)
     waiter = DeliveryWaiter(3)
     intake._delivered(None, FakeMessage("raw", encoded), waiter)

@@ -75,6 +75,7 @@ class Collector:
             self.metrics,
             c.producer_max_messages,
             max_buffered_bytes=max_bytes,
+            policy=settings.event_policy,
         )
         self.authenticate = CachedAuthenticator(CustomerStore(settings.customers_db), c.key_cache_s)
         self._stop = threading.Event()

@@ -127,6 +127,7 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
         max_messages,
         source="replay",
         max_buffered_bytes=max_bytes,
+        policy=settings.event_policy,
     )
     totals = {"accepted": 0, "rejected": 0}
     started = time.monotonic()

@@ -21,7 +21,13 @@ from confluent_kafka import Producer
 
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
-from eventplatform.events import DecodeError, EventCodec, EventValidator
+from eventplatform.events import (
+    DecodeError,
+    EventCodec,
+    EventPolicy,
+    EventValidator,
+    dead_letter_reason,
+)
 from eventplatform.kafka.dlq import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -124,6 +130,7 @@ class Intake:
         max_buffered: int,
         source: str = "http",
         max_buffered_bytes: int = 1 << 30,
+        policy: EventPolicy | None = None,
     ) -> None:
         """``max_buffered`` messages and ``max_buffered_bytes`` of message values may wait
         for the broker; the producer's own limits must sit above these (see
@@ -133,7 +140,7 @@ class Intake:
         self.quotas, self.metrics = quotas, metrics
         self.max_buffered, self.max_buffered_bytes = max_buffered, max_buffered_bytes
         self.source = source
-        self.codec, self.validator = EventCodec(), EventValidator()
+        self.codec, self.validator = EventCodec(), EventValidator(policy=policy)
         self.delivery_failures = 0
         # Room is checked and taken under one lock (requests produce from several threads),
         # and the value bytes waiting for the broker are counted here: librdkafka does not
@@ -187,16 +194,17 @@ class Intake:
         for index, (event, raw_bytes) in enumerate(pairs):
             if isinstance(event, _NotJson):
                 errors = [f"$: not valid JSON ({event.error})"]
-                datum = None
+                datum, reason = None, "validation"
             else:
                 datum, field_errors = self.validator.validate(
                     event, customer, received_ms, self.source
                 )
                 errors = [str(e) for e in field_errors]
+                reason = dead_letter_reason(field_errors)
             if datum is None:
                 result.rejected.append(Rejected(index, errors))
                 letter = DeadLetter(
-                    "validation",
+                    reason,
                     "; ".join(errors),
                     "collect",
                     orjson.dumps(event) if raw_bytes is None else raw_bytes,

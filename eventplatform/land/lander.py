@@ -19,7 +19,8 @@ files and the same token makes ClickHouse drop the repeat. A dead letter can be 
 DLQ counts positions, not messages.
 
 One run per shard at a time is the orchestrator's job (the Dagster sensor and a tag
-concurrency limit). Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
+concurrency limit), and each run holds the shard's lock (``fence.py``) so that a second lander
+cannot land beside it. Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 
@@ -53,9 +55,15 @@ from eventplatform.kafka.clients import (
     make_producer,
     watermark_offsets,
 )
-from eventplatform.kafka.dlq import send_dead_letter
+from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
 from eventplatform.land.batches import RowBuilder
-from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
+from eventplatform.land.fence import ShardLock
+from eventplatform.land.lake import (
+    OffsetRange,
+    WrittenFile,
+    remove_stale_temporaries,
+    sync_folders,
+)
 from eventplatform.settings import LandSettings
 
 CRASH_ENV = "EP_LAND_CRASH_AT"
@@ -143,6 +151,7 @@ class Manifest:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        sync_folders([self.path.parent], self.path.parent)  # the rename is durable too
 
     def read(self) -> list[OffsetRange] | None:
         if not self.path.exists():
@@ -151,7 +160,7 @@ class Manifest:
         return [OffsetRange(t, p, first, last) for t, p, first, last in data["ranges"]]
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # lost in a power cut: the replay finds it committed
 
 
 class ShardLander:
@@ -180,6 +189,9 @@ class ShardLander:
         self.dlq_topic = dlq_topic
         self.settings = settings
         self.manifest = Manifest.of_shard(lake_dir, settings.group_id, topic, shard, shards)
+        self.lock = ShardLock(
+            self.manifest.path.with_suffix(".lock"), f"shard {shard} of {shards} of {topic}"
+        )
         self.partitions: list[int] = []
         self.log: Callable[[str], None] = lambda line: None
 
@@ -190,6 +202,19 @@ class ShardLander:
         on_batch: Callable[[BatchReport], None] = lambda report: None,
         should_stop: Callable[[], bool] = lambda: False,
         log: Callable[[str], None] = lambda line: None,
+    ) -> RunSummary:
+        s = self.settings
+        self.lock.acquire(s.shard_lock_wait_s)  # before the manifest is read: it is ours
+        try:
+            return self._run(on_batch, should_stop, log)
+        finally:
+            self.lock.release()
+
+    def _run(
+        self,
+        on_batch: Callable[[BatchReport], None],
+        should_stop: Callable[[], bool],
+        log: Callable[[str], None],
     ) -> RunSummary:
         s = self.settings
         consumer = make_consumer(
@@ -355,10 +380,8 @@ class ShardLander:
         crashpoint("after_clickhouse")
         clock("sinks")
 
-        for letter in dead:
-            send_dead_letter(producer, self.dlq_topic, letter)
-        if dead and producer.flush(self.settings.commit_timeout_s) != 0:
-            raise RuntimeError(f"{len(dead)} dead letters not acknowledged by the broker")
+        if dead:
+            self._send_dead_letters(producer, dead)
         crashpoint("after_dead_letters")
 
         self._commit(
@@ -386,15 +409,51 @@ class ShardLander:
         )
 
     def _insert(self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]) -> None:
+        """One insert per group of at most ``clickhouse_partitions_per_insert`` months, each
+        with its own token derived from the ranges (a replay forms the same groups)."""
         started = time.perf_counter()
+        limit = self.settings.clickhouse_partitions_per_insert
+        token = dedup_token(ranges)
+        parts = partition_groups(table, self.rows.time_column, limit)
         with self.clickhouse.session() as client:
-            self.clickhouse.insert_arrow(
-                client,
-                f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
-                table,
-                settings={"insert_deduplication_token": dedup_token(ranges)},
-            )
+            for index, part in enumerate(parts):
+                self.clickhouse.insert_arrow(
+                    client,
+                    f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
+                    part,
+                    settings={
+                        "insert_deduplication_token": token
+                        if len(parts) == 1
+                        else f"{token}#{index}",
+                        "max_partitions_per_insert_block": str(limit),
+                    },
+                )
         stages["clickhouse"] = stages.get("clickhouse", 0.0) + time.perf_counter() - started
+
+    def _send_dead_letters(self, producer: Producer, letters: list[DeadLetter]) -> None:
+        """Produce and wait for each letter's delivery report: the offsets are committed only
+        once the broker holds every one. An empty queue after ``flush()`` is not enough: a
+        message the broker refused (too large, no such topic) leaves the queue as well."""
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for letter in letters:
+            while True:
+                try:
+                    send_dead_letter(producer, self.dlq_topic, letter, on_delivery=delivered)
+                    break
+                except BufferError:  # the producer's queue is full: let it drain
+                    producer.poll(0.5)
+        remaining = producer.flush(self.settings.commit_timeout_s)
+        if remaining or failures:
+            raise RuntimeError(
+                f"{remaining + len(failures)} of {len(letters)} dead letters not acknowledged "
+                f"by the broker ({'; '.join(sorted(set(failures))[:3]) or 'timed out'}); "
+                "the batch is not committed and will be replayed"
+            )
 
     def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         """Commit, riding out a coordinator that moves or a broker that restarts.
@@ -545,6 +604,21 @@ def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
             b[0] = min(b[0], offset)
             b[1] = max(b[1], offset)
     return [OffsetRange(topic, p, first, last) for p, (first, last) in sorted(bounds.items())]
+
+
+def partition_groups(table: pa.Table, column: str, limit: int) -> list[pa.Table]:
+    """The table split so that no part spans more than ``limit`` months of ``column`` (the
+    ClickHouse tables are partitioned by month, and an insert into more partitions than the
+    server allows fails whole). Usually one part: the table itself."""
+    ts = table.column(column)
+    months = pc.add(pc.multiply(pc.year(ts), 100), pc.month(ts))
+    distinct = sorted(pc.unique(months).to_pylist())
+    if len(distinct) <= limit:
+        return [table]
+    return [
+        table.filter(pc.is_in(months, value_set=pa.array(distinct[i : i + limit])))
+        for i in range(0, len(distinct), limit)
+    ]
 
 
 def dedup_token(ranges: list[OffsetRange]) -> str:

@@ -48,7 +48,7 @@ def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLande
         topic=source.topic,
         shard=shard,
         shards=source.shards,
-        rows=rows_for(source.kind),
+        rows=rows_for(source.kind, settings.event_policy),
         lake_dir=settings.lake_dir,
         clickhouse=platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,
