@@ -123,13 +123,64 @@ def topics_ensure(alter: bool) -> None:
 @click.option("--demo-rate", default=100.0, show_default=True, help="Simulated events/s.")
 def run(demo: bool, demo_rate: float) -> None:
     """Start the platform (broker, topics, collector, Dagster, demo traffic) until Ctrl-C."""
+    from eventplatform.postgres import PostgresError
     from eventplatform.runner import run_platform
 
     try:
         code = run_platform(get_settings(), demo=demo, demo_rate=demo_rate)
-    except BrokerError as exc:
+    except (BrokerError, PostgresError) as exc:
         _fail(str(exc))
     sys.exit(code)
+
+
+@main.group()
+def postgres() -> None:
+    """Dagster's local PostgreSQL (used with EP_DAGSTER_STORAGE=postgres)."""
+
+
+def _local_postgres():
+    """The local server, or None (said on screen) when EP_DAGSTER_POSTGRES_URL names one."""
+    from eventplatform.postgres import local_postgres
+
+    settings = get_settings()
+    if settings.dagster.postgres_is_external:
+        click.echo("using the PostgreSQL server in EP_DAGSTER_POSTGRES_URL; managing none here")
+        return None
+    return local_postgres(settings)
+
+
+@postgres.command("start")
+def postgres_start() -> None:
+    """Initialise (once) and start the local server, and create Dagster's database."""
+    from eventplatform.postgres import PostgresError
+
+    server = _local_postgres()
+    if server is None:
+        return
+    try:
+        status = server.start()
+    except PostgresError as exc:
+        _fail(str(exc))
+    click.echo(f"postgres: {status.detail}; {status.url}")
+
+
+@postgres.command("stop")
+def postgres_stop() -> None:
+    """Stop the local server cleanly."""
+    server = _local_postgres()
+    if server is not None:
+        click.echo("postgres: stopped" if server.stop() else "postgres: was not running")
+
+
+@postgres.command("status")
+def postgres_status() -> None:
+    """Say whether the local server runs and answers. Exit 1 when it does not."""
+    server = _local_postgres()
+    if server is None:
+        return
+    status = server.status()
+    click.echo(f"postgres: {status.detail}")
+    sys.exit(0 if status.answering else 1)
 
 
 @main.command("status")

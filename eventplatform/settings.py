@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventplatform.events.policy import (
@@ -102,6 +103,8 @@ class ClickHouseSettings(BaseSettings):
 
 
 class DagsterSettings(BaseSettings):
+    """Dagster's instance: where it lives, what stores its runs and event logs, its UI."""
+
     model_config = SettingsConfigDict(env_prefix="EP_DAGSTER_", extra="ignore")
 
     home: Path | None = Field(
@@ -111,6 +114,42 @@ class DagsterSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 3000
+    storage: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="What stores runs, event logs and schedules: SQLite files in DAGSTER_HOME, "
+        "or PostgreSQL (the local server the platform starts, or EP_DAGSTER_POSTGRES_URL).",
+    )
+    postgres_url: SecretStr | None = Field(
+        default=None,
+        description="An existing PostgreSQL server "
+        "(postgresql+psycopg2://user:password@host:port/db). "
+        "When set, the platform starts no server of its own; the URL stays in the environment, "
+        "never in the generated dagster.yaml (and `eventplatform settings` masks it).",
+    )
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=5433, description="Not 5432: a system cluster may be there.")
+    postgres_user: str = "dagster"
+    postgres_db: str = "dagster"
+    postgres_os_user: str = Field(
+        default="postgres",
+        description="The unprivileged system user the local server runs as when we are root.",
+    )
+    postgres_data_dir: Path | None = Field(
+        default=None, description="The local server's folder. Default: <data_dir>/postgres."
+    )
+    postgres_bin_dir: Path | None = Field(
+        default=None,
+        description="Where initdb and pg_ctl are. Default: PATH, then /usr/lib/postgresql/*/bin.",
+    )
+    postgres_start_timeout_s: float = 60.0
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.storage == "postgres"
+
+    @property
+    def postgres_is_external(self) -> bool:
+        return bool(self.postgres_url)
 
 
 class CollectorSettings(BaseSettings):
@@ -363,6 +402,10 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return (self.dagster.home or self.data_dir / "dagster").resolve()
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return (self.dagster.postgres_data_dir or self.data_dir / "postgres").resolve()
 
     @property
     def clickhouse_dsn(self) -> str:
