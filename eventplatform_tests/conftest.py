@@ -3,7 +3,8 @@
 Tests are marked by the services their fixtures start (``pytest -m "not kafka"`` is the fast
 tier, README, Tests): ``kafka`` when the fixture closure holds the session broker or the
 broker's jars (a test that starts brokers of its own), ``postgres`` when it holds a PostgreSQL
-server. Nothing is marked by hand, so a new test is in the right tier by what it asks for.
+server, ``marts`` when it builds the marts (``mart_env``). Nothing is marked by hand, so a new
+test is in the right tier by what it asks for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ SERVICE_FIXTURES: dict[str, str] = {
     "bootstrap": "kafka",
     "kafka_libs": "kafka",
     "postgres_server": "postgres",
+    # the marts' tests build the DuckDB warehouse and mirror it into the embedded ClickHouse
+    # for several days per test: 10-30 s each on this machine, no broker needed
+    "mart_env": "marts",
 }
 
 

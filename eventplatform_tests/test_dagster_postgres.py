@@ -9,6 +9,7 @@ pytest's folders are closed to other users.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -68,12 +69,22 @@ def use_server(monkeypatch: pytest.MonkeyPatch, server: LocalPostgres) -> Settin
     return get_settings()
 
 
+@pytest.fixture
+def own_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """This test's data folder and Dagster home; no settings cached past it."""
+    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 def test_the_instance_is_sqlite_by_default_and_postgres_with_one_setting(
-    mart_env: Settings, monkeypatch: pytest.MonkeyPatch
+    own_folders: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo_config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     assert "storage" not in repo_config  # the commented-out block is gone: it is generated
-    home = prepare_dagster_home(mart_env)
+    home = prepare_dagster_home(get_settings())
     assert yaml.safe_load((home / "dagster.yaml").read_text()) == repo_config
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_storage, SqliteRunStorage)
@@ -141,6 +152,11 @@ def test_local_server_restarts_with_its_data_and_says_why_it_cannot_start(
     with pytest.raises(PostgresError, match=f"port {postgres_server.config.port} .* is taken"):
         clash.start()
     shutil.rmtree(clash.config.data_dir, ignore_errors=True)
+
+    if os.geteuid() == 0:  # the server's user cannot enter pytest's folders (mode 700, root's)
+        closed = LocalPostgres(PostgresConfig.on_free_port(tmp_path / "pg"))
+        with pytest.raises(PostgresError, match="cannot write .*EP_DAGSTER_POSTGRES_DATA_DIR"):
+            closed.start()
 
 
 def test_sensor_landing_run_and_materializations_on_postgres(
