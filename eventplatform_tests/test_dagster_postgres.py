@@ -155,7 +155,7 @@ def test_local_server_restarts_with_its_data_and_says_why_it_cannot_start(
 
     if os.geteuid() == 0:  # the server's user cannot enter pytest's folders (mode 700, root's)
         closed = LocalPostgres(PostgresConfig.on_free_port(tmp_path / "pg"))
-        with pytest.raises(PostgresError, match="cannot write .*EP_DAGSTER_POSTGRES_DATA_DIR"):
+        with pytest.raises(PostgresError, match=r"cannot write .*EP_DAGSTER_POSTGRES_DATA_DIR"):
             closed.start()
 
 
