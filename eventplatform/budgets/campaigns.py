@@ -189,7 +189,7 @@ def load_campaigns(clickhouse: ClickHouse, campaigns: list[Campaign]) -> int:
 def read_campaigns(clickhouse: ClickHouse) -> list[Campaign]:
     with clickhouse.session() as client:
         result = client.query(
-            "SELECT campaign_id, advertiser, owner, total_budget, daily_budget, currency, start_date, "
-            f"end_date, timezone FROM {clickhouse.database}.campaigns FINAL ORDER BY campaign_id"
+            "SELECT campaign_id, advertiser, owner, total_budget, daily_budget, currency, "
+            f"start_date, end_date, timezone FROM {clickhouse.database}.campaigns FINAL ORDER BY campaign_id"
         )
     return [Campaign(*row) for row in result.result_rows]

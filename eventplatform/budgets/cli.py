@@ -70,9 +70,7 @@ def load(csv_file: Path | None, sample: bool) -> None:
 @campaigns.command("status")
 def status() -> None:
     """Every campaign's spend, budget, status and pacing, now."""
-    from datetime import UTC, datetime
-
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     from eventplatform.budgets.campaigns import read_campaigns
     from eventplatform.budgets.spend import campaign_states, foreign_cost_events, read_spend
