@@ -190,6 +190,7 @@ def read_campaigns(clickhouse: ClickHouse) -> list[Campaign]:
     with clickhouse.session() as client:
         result = client.query(
             "SELECT campaign_id, advertiser, owner, total_budget, daily_budget, currency, "
-            f"start_date, end_date, timezone FROM {clickhouse.database}.campaigns FINAL ORDER BY campaign_id"
+            f"start_date, end_date, timezone FROM {clickhouse.database}.campaigns FINAL "
+            "ORDER BY campaign_id"
         )
     return [Campaign(*row) for row in result.result_rows]
