@@ -46,16 +46,13 @@ class CampaignSpend:
 NO_SPEND = CampaignSpend(0.0, ())
 
 
-FIRST_LANDED = "(landed_ts, kafka_topic, kafka_partition, kafka_offset)"
-
-
 def deduplicated_cost_events(db: str, where: str = "") -> str:
-    """One row per (customer_id, event_id) among the cost events (the first landed copy)."""
+    """One row per (customer_id, event_id) among the cost events: the first landed copy (by
+    landed_ts; copies landed together are one batch replayed, so alike)."""
     return (
         "SELECT customer_id, event_id, "
-        f"assumeNotNull(argMin(campaign_id, {FIRST_LANDED})) AS named_campaign, "
-        f"argMin(cost, {FIRST_LANDED}) AS event_cost, "
-        f"argMin(event_ts, {FIRST_LANDED}) AS event_time "
+        "assumeNotNull(argMin(campaign_id, landed_ts)) AS named_campaign, "
+        "argMin(cost, landed_ts) AS event_cost, argMin(event_ts, landed_ts) AS event_time "
         f"FROM {db}.events WHERE event_type IN {COST_EVENTS} AND cost > 0 "
         f"AND campaign_id IS NOT NULL {where} GROUP BY customer_id, event_id"
     )
@@ -64,11 +61,14 @@ def deduplicated_cost_events(db: str, where: str = "") -> str:
 def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
     """Spend per campaign id, counting only the events of the campaign's owner."""
     db = clickhouse.database
+    # A filter, not a join: the owned (customer, campaign) pairs are a small set, and the
+    # rows outside it are dropped before grouping (a join after it took 4x as long).
+    owned = (
+        f"AND (customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
+    )
     deduplicated = (
-        "SELECT d.named_campaign AS campaign_id, d.event_cost AS event_cost, "
-        f"d.event_time AS event_time FROM ({deduplicated_cost_events(db)}) AS d "
-        f"INNER JOIN (SELECT campaign_id, owner FROM {db}.campaigns FINAL) AS c "
-        "ON c.campaign_id = d.named_campaign AND c.owner = d.customer_id"
+        "SELECT named_campaign AS campaign_id, event_cost, event_time "
+        f"FROM ({deduplicated_cost_events(db, owned)})"
     )
     recent = now - timedelta(hours=50)  # covers "today" in every time zone
     with clickhouse.session() as client:

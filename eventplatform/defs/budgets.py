@@ -43,8 +43,9 @@ def _current_states(platform: PlatformResource):
     deps=["events_clickhouse"],
     automation_condition=AutomationCondition.eager(),
     description="Spend per campaign (today in its time zone, and in total; only its owner's "
-    "cost events) against its budgets, the status that follows (active, paused_daily, exhausted, ended, scheduled) "
-    "and pacing. Status changes are sent to campaign.control for ad servers.",
+    "cost events) against its budgets, the status that follows (active, paused_daily, "
+    "exhausted, ended, scheduled) and pacing. Status changes are sent to campaign.control "
+    "for ad servers.",
 )
 def campaign_budgets(context: AssetExecutionContext, platform: PlatformResource):
     settings = platform.settings()
@@ -65,8 +66,9 @@ def campaign_budgets(context: AssetExecutionContext, platform: PlatformResource)
             "|---|---|---|---|---|---|---|---|",
         ]
         + [
-            f"| {s.campaign_id} | {s.owner} | {s.status} | {s.spend_today:.2f} | {s.daily_budget:.2f} | "
-            f"{s.spend_total:.2f} | {s.total_budget:.2f} | {s.pacing_pct:.0f}% |"
+            f"| {s.campaign_id} | {s.owner} | {s.status} | {s.spend_today:.2f} | "
+            f"{s.daily_budget:.2f} | {s.spend_total:.2f} | {s.total_budget:.2f} | "
+            f"{s.pacing_pct:.0f}% |"
             for s in states
         ]
     )
