@@ -226,7 +226,7 @@ def events_per_customer(ch: ClickHouse, since: datetime, now: datetime) -> dict[
 
 
 def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
-    """Events landed more than once (same event_id) per customer in the window."""
+    """Events landed more than once (same customer and event_id) per customer in the window."""
     rows = ch_query(
         ch,
         (
