@@ -16,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from dagster import DagsterInstance
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from eventplatform.budgets.campaigns import (
     CampaignFileError,
@@ -148,6 +151,64 @@ def test_two_customers_sharing_event_ids_are_both_spent(clickhouse: ClickHouse) 
     assert (spend["cmp-a"].total, spend["cmp-b"].total) == (7.0, 56.0)
     assert checks.foreign_campaign(clickhouse, QUALITY, NOW).passed
     assert foreign_cost_events(clickhouse, NOW - timedelta(hours=1), NOW) == []
+
+
+CUSTOMERS, IDS, CAMPAIGNS = ("alpha", "beta", "gamma"), ("1", "2", "3", "4"), 4
+SENDERS = [(c, i) for c in CUSTOMERS for i in IDS]
+
+
+@pytest.fixture(scope="module")
+def fuzz_clickhouse(tmp_path_factory: pytest.TempPathFactory) -> ClickHouse:
+    ch = ClickHouse(f"chdb://{tmp_path_factory.mktemp('fuzz')}/ch", "ep_fuzz")
+    ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+    return ch
+
+
+@hsettings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    owners=st.lists(st.sampled_from(CUSTOMERS), min_size=CAMPAIGNS, max_size=CAMPAIGNS),
+    # each sender's event: the campaign it names (CAMPAIGNS = one not loaded) and its cost
+    content=st.lists(
+        st.tuples(st.integers(0, CAMPAIGNS), st.integers(1, 9)),
+        min_size=len(SENDERS),
+        max_size=len(SENDERS),
+    ),
+    sent=st.lists(st.sampled_from(SENDERS), min_size=1, max_size=30),  # repeats: retries
+)
+def test_spend_is_exactly_the_owners_distinct_events(
+    fuzz_clickhouse: ClickHouse, owners: list[str], content: list, sent: list
+) -> None:
+    """Bounded fuzz: any customers, shared event ids, retries and foreign campaigns; spend per
+    campaign is the sum over the owner's distinct (customer_id, event_id), and every other
+    distinct cost event is in the foreign figure of its sender."""
+    ch = fuzz_clickhouse
+    with ch.session() as client:
+        client.command("TRUNCATE TABLE ep_fuzz.events")
+        client.command("TRUNCATE TABLE ep_fuzz.campaigns")
+    rows = "".join(
+        f"x,cmp-{k},1000,1000,USD,2026-01-01,2026-12-31,UTC,{owner}\n"
+        for k, owner in enumerate(owners)
+    )
+    load_campaigns(ch, parse_campaigns(HEADER + rows))
+    what = dict(zip(SENDERS, content, strict=True))
+    events = [
+        conversions(customer, f"cmp-{what[(customer, i)][0]}", [what[(customer, i)][1]], [i])[0]
+        for customer, i in sent
+    ]
+    land_rows(ch, events, "fuzz")
+    expected: dict[str, float] = {}
+    foreign: dict[str, int] = {}
+    for customer, i in set(sent):
+        k, cost = what[(customer, i)]
+        if k < CAMPAIGNS and owners[k] == customer:
+            expected[f"cmp-{k}"] = expected.get(f"cmp-{k}", 0) + cost
+        else:
+            foreign[customer] = foreign.get(customer, 0) + 1
+    assert {c: s.total for c, s in read_spend(ch, NOW).items()} == expected
+    found = foreign_cost_events(ch, NOW - timedelta(hours=1), NOW)
+    assert {f.customer_id: f.events for f in found} == foreign
 
 
 def test_marts_count_both_customers_sharing_event_ids(mart_env: Settings) -> None:
