@@ -271,9 +271,20 @@ def test_loading_never_moves_a_campaign_to_another_owner(clickhouse: ClickHouse)
         parse_campaigns(HEADER + "acme,c1,1,1,USD,2026-01-01,2026-12-31,UTC, \n")
     assert bad.value.errors == ["line 2: owner is empty"]
     with pytest.raises(CampaignFileError) as legacy:
-        parse_campaigns(LEGACY_HEADER + ",c1,1,1,USD,2026-01-01,2026-12-31,UTC\n")
+        parse_campaigns(
+            LEGACY_HEADER
+            + ",c1,1,1,USD,2026-01-01,2026-12-31,UTC\n"
+            + "Acme Corp,c2,1,1,USD,2026-01-01,2026-12-31,UTC\n"
+        )
     assert legacy.value.errors == [
-        "line 2: advertiser is empty (it is the owner: the file has no owner column)"
+        "line 2: advertiser (the owner: no owner column) is empty",
+        "line 3: advertiser (the owner: no owner column) 'Acme Corp' is not a customer id "
+        "(1-63 lowercase letters, digits or '-'); add an owner column",
+    ]
+    with pytest.raises(CampaignFileError) as display_name:
+        parse_campaigns(HEADER + "acme,c1,1,1,USD,2026-01-01,2026-12-31,UTC,Victim Inc\n")
+    assert display_name.value.errors == [
+        "line 2: owner 'Victim Inc' is not a customer id (1-63 lowercase letters, digits or '-')"
     ]
 
 

@@ -17,6 +17,7 @@ from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.collect.customers import CUSTOMER_ID
 
 COLUMNS = (
     "advertiser",
@@ -74,11 +75,15 @@ def parse_campaigns(text: str) -> list[Campaign]:
             problems.append(f"campaign_id {cid} already on line {seen[cid]}")
         seen.setdefault(cid, line)
         owner = (row[owner_column] or "").strip()
+        column = OWNER if owner_column == OWNER else "advertiser (the owner: no owner column)"
         if not owner:
+            problems.append(f"{column} is empty")
+        elif not CUSTOMER_ID.fullmatch(owner):
+            # A display name as owner would match no sender: the campaign would never spend,
+            # so never pause.
             problems.append(
-                "owner is empty"
-                if owner_column == OWNER
-                else "advertiser is empty (it is the owner: the file has no owner column)"
+                f"{column} {owner!r} is not a customer id (1-63 lowercase letters, digits "
+                "or '-')" + ("" if owner_column == OWNER else "; add an owner column")
             )
         budgets = {}
         for name in ("total_budget", "daily_budget"):
