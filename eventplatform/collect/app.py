@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import orjson
 import uvicorn
@@ -31,6 +32,7 @@ from eventplatform.collect.intake import (
     BodyError,
     BufferFull,
     Intake,
+    IntakeResult,
     TooLarge,
     producer_limits,
     read_body,
@@ -273,15 +275,40 @@ async def _take(request: Request, collector: Collector, customer: str, sync: boo
     declared = request.headers.get("content-length", "")
     small = not gzip and declared.isdigit() and int(declared) <= INLINE_MAX_BODY_BYTES
     if small:
-        return await _batch(request, collector, customer, sync, gzip, inline=True)
-    assert collector.admission is not None
-    async with collector.admission.turn(customer):
-        return await _batch(request, collector, customer, sync, gzip, inline=False)
+        taken = await _batch(request, collector, customer, sync, gzip, inline=True)
+    else:
+        assert collector.admission is not None
+        async with collector.admission.turn(customer):
+            taken = await _batch(request, collector, customer, sync, gzip, inline=False)
+    if isinstance(taken, Response):
+        return taken
+    payload, result = taken
+    status = 202
+    if sync and result.delivery is not None:  # out of the turn: a wait takes no one's turn
+        try:  # no thread held: the delivery callback completes the future
+            await asyncio.wait_for(
+                result.delivery.future(), collector.settings.collector.sync_timeout_s
+            )
+            done = True
+        except TimeoutError:
+            done = False
+        payload["delivery"] = {
+            "complete": done,
+            "failed": result.delivery.failed,
+            "pending": max(0, result.delivery.pending),
+        }
+        if not done:
+            status = 504
+        elif result.delivery.failed:
+            status = 502
+    return _EventsAnswer(payload, status_code=status)
 
 
 async def _batch(
     request: Request, collector: Collector, customer: str, sync: bool, gzip: bool, inline: bool
-) -> Response:
+) -> Response | tuple[dict[str, Any], IntakeResult]:
+    """The batch read, checked and produced: its answer's payload and the intake's result,
+    or the error answer (nothing kept)."""
     c = collector.settings.collector
     content_type = request.headers.get("content-type", "")
     read = (c.max_decompressed_bytes, c.max_events_per_request, c.max_event_bytes)
@@ -331,23 +358,7 @@ async def _batch(
         "rejected": [{"index": r.index, "errors": r.errors} for r in result.rejected],
         "event_ids": result.event_ids,
     }
-    status = 202
-    if sync and result.delivery is not None:
-        try:  # no thread held: the delivery callback completes the future
-            await asyncio.wait_for(result.delivery.future(), c.sync_timeout_s)
-            done = True
-        except TimeoutError:
-            done = False
-        payload["delivery"] = {
-            "complete": done,
-            "failed": result.delivery.failed,
-            "pending": max(0, result.delivery.pending),
-        }
-        if not done:
-            status = 504
-        elif result.delivery.failed:
-            status = 502
-    return _EventsAnswer(payload, status_code=status)
+    return payload, result
 
 
 async def healthz(request: Request) -> Response:
