@@ -21,6 +21,7 @@ import pytest
 from eventplatform.collect.customers import CustomerStore
 from eventplatform.events.examples import example_event
 from eventplatform.kafka.dlq import parse_dead_letter
+from eventplatform.land.batches import rows_for
 from eventplatform.settings import Settings
 from eventplatform_tests.test_collector import auth, gauge, read_topic, running_collector
 
@@ -222,8 +223,13 @@ def test_a_huge_bad_line_is_a_truncated_dead_letter_and_nothing_leaks(
     raw = read_topic(platform, platform.kafka.raw_topic, 6 * 3 + 200)
     ids = [m.key() for m in raw]
     assert len(raw) == 6 * 3 + 200 and ids.count(b"acme") == 18  # no duplicates, none lost
-    letters = [parse_dead_letter(m) for m in read_topic(platform, platform.kafka.dlq_topic, 12)]
+    dead = read_topic(platform, platform.kafka.dlq_topic, 12)
+    letters = [parse_dead_letter(m) for m in dead]
     assert len(letters) == 12
+    # As the landing job lands them: the dead_letters rows say the value is truncated.
+    landed = rows_for("dead_letters").build(dead, 0)[0].to_pylist()
+    assert all("[value truncated to 10000 of" in row["detail"] for row in landed)
+    assert all(len(row["value"]) == 10000 for row in landed)
     bad = [x for x in letters if x.original_length == len(huge_bad)]
     big = [x for x in letters if x.original_length == len(huge_good)]
     assert len(bad) == len(big) == 6
@@ -324,3 +330,44 @@ def test_customers_db_is_created_for_its_owner_only(tmp_path: Path) -> None:
     for path in tmp_path.glob("customers.sqlite*"):  # the database, its -wal and -shm
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert (tmp_path / "customers.sqlite").exists()
+
+
+def test_slow_uploads_hold_only_their_own_customer(platform: Settings, keys) -> None:
+    """Large bodies sent a trickle at a time (slow loris) by two customers, more of them than
+    there are worker turns (2): a third customer's gzip batch is taken at once. A body is
+    read in its customer's turn, and only then waits for a worker's."""
+    slow = [keys["acme"], CustomerStore(platform.customers_db).add("initech")]
+    gz = gzip.compress(orjson.dumps([example_event("click") for _ in range(50)]))
+
+    async def scenario(url: str) -> tuple[list[float], int]:
+        host, port = url.removeprefix("http://").split(":")
+        writers = []
+        for i in range(4):  # more than EP_COLLECTOR_HEAVY_CONCURRENCY (2)
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                (
+                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Authorization: Bearer {slow[i % 2]}\r\nContent-Length: {2**20}\r\n\r\n["
+                ).encode()
+            )
+            await writer.drain()
+            writers.append(writer)
+        await asyncio.sleep(0.5)
+        seconds = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(5):
+                started = time.monotonic()
+                r = await client.post(
+                    f"{url}/v1/events",
+                    content=gz,
+                    headers={**auth(keys["globex"]), "Content-Encoding": "gzip"},
+                )
+                assert r.status_code == 202 and r.json()["accepted"] == 50
+                seconds.append(time.monotonic() - started)
+        for writer in writers:
+            writer.close()
+        return seconds, len(writers)
+
+    with running_collector(platform) as collector:
+        seconds, _ = asyncio.run(scenario(collector.url))
+    assert max(seconds) < 1.0, seconds

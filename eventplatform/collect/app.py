@@ -70,10 +70,13 @@ class Refused(Exception):
 class Admission:
     """Bounds on the heavy work (gzip or large bodies) per customer and overall.
 
-    A customer over its share waits for its own turn, not in the shared queue: the others'
-    heavy requests keep their turns, and usual small batches do not queue at all. Waiting
-    requests have not read their bodies, so they hold little memory; beyond the per-customer
-    queue the answer is 429 at once, and a turn not given in ``wait_s`` is 503.
+    A request first waits for its customer's turn (``per_customer`` at once), then reads its
+    body, then waits for a worker's turn (``overall`` at once, all customers) to inflate,
+    parse and validate it in a thread. A customer over its share waits behind its own
+    requests only; one that uploads slowly holds its own turn, not a worker's; usual small
+    batches do not queue at all. A request waiting for its customer's turn has not read its
+    body (little memory); beyond ``queue`` of them the answer is 429 at once, and a turn not
+    given in ``wait_s`` is 503.
     """
 
     def __init__(self, overall: int, per_customer: int, queue: int, wait_s: float) -> None:
@@ -83,7 +86,7 @@ class Admission:
         self._waiting: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
-    async def turn(self, customer: str) -> AsyncIterator[None]:
+    async def customer_turn(self, customer: str) -> AsyncIterator[None]:
         mine = self._mine.setdefault(customer, asyncio.Semaphore(self.per_customer))
         waiting = self._waiting.get(customer, 0)
         if waiting >= self.queue:
@@ -94,18 +97,18 @@ class Admission:
                 **{"Retry-After": "1"},
             )
         self._waiting[customer] = waiting + 1
-        deadline, counted = time.monotonic() + self.wait_s, True
+        counted = True
         try:
-            async with (
-                _acquired(mine, self.wait_s),
-                _acquired(self.overall, max(0.0, deadline - time.monotonic())),
-            ):
+            async with _acquired(mine, self.wait_s):
                 self._waiting[customer] -= 1
                 counted = False
                 yield
         finally:
             if counted:
                 self._waiting[customer] -= 1
+
+    def worker_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return _acquired(self.overall, self.wait_s)
 
 
 @contextlib.asynccontextmanager
@@ -221,7 +224,7 @@ def _sync_slot(collector: Collector, customer: str, sync: bool) -> Iterator[None
         raise Refused(
             429,
             f"{customer} has {waits} ?sync=true requests waiting for the broker (the limit "
-            "is {cap}); nothing was accepted".replace("{cap}", str(cap)),
+            f"is {cap}); nothing was accepted",
             **{"Retry-After": "1"},
         )
     collector.sync_waits[customer] = waits + 1
@@ -273,12 +276,15 @@ async def _take(request: Request, collector: Collector, customer: str, sync: boo
         return _error(415, f"Content-Encoding {encoding} is not supported (gzip is)")
     gzip = encoding == "gzip"
     declared = request.headers.get("content-length", "")
+    limit = collector.settings.collector.max_body_bytes
+    if declared.isdigit() and int(declared) > limit:  # refused before any turn is waited for
+        return _error(413, f"body of {declared} bytes; the limit is {limit}; nothing was accepted")
     small = not gzip and declared.isdigit() and int(declared) <= INLINE_MAX_BODY_BYTES
     if small:
         taken = await _batch(request, collector, customer, sync, gzip, inline=True)
     else:
         assert collector.admission is not None
-        async with collector.admission.turn(customer):
+        async with collector.admission.customer_turn(customer):
             taken = await _batch(request, collector, customer, sync, gzip, inline=False)
     if isinstance(taken, Response):
         return taken
@@ -308,17 +314,35 @@ async def _batch(
     request: Request, collector: Collector, customer: str, sync: bool, gzip: bool, inline: bool
 ) -> Response | tuple[dict[str, Any], IntakeResult]:
     """The batch read, checked and produced: its answer's payload and the intake's result,
-    or the error answer (nothing kept)."""
+    or the error answer (nothing kept). A large one in a worker's turn, once read."""
     c = collector.settings.collector
-    content_type = request.headers.get("content-type", "")
-    read = (c.max_decompressed_bytes, c.max_events_per_request, c.max_event_bytes)
     try:
         body = await _read_body(request, c.max_body_bytes)
-        checksum = request.headers.get("x-content-sha256")
-        if checksum is not None and hashlib.sha256(body).hexdigest() != checksum.strip().lower():
-            return _error(
-                400, "X-Content-SHA256 does not match the body as sent; nothing was accepted"
-            )
+    except TooLarge as exc:
+        return _error(413, f"{exc}; nothing was accepted")
+    checksum = request.headers.get("x-content-sha256")
+    if checksum is not None and hashlib.sha256(body).hexdigest() != checksum.strip().lower():
+        return _error(400, "X-Content-SHA256 does not match the body as sent; nothing was accepted")
+    content_type = request.headers.get("content-type", "")
+    if inline:
+        return await _work(collector, customer, body, gzip, content_type, sync, inline)
+    assert collector.admission is not None
+    async with collector.admission.worker_turn():
+        return await _work(collector, customer, body, gzip, content_type, sync, inline)
+
+
+async def _work(
+    collector: Collector,
+    customer: str,
+    body: bytes,
+    gzip: bool,
+    content_type: str,
+    sync: bool,
+    inline: bool,
+) -> Response | tuple[dict[str, Any], IntakeResult]:
+    c = collector.settings.collector
+    read = (c.max_decompressed_bytes, c.max_events_per_request, c.max_event_bytes)
+    try:
         if inline:
             pairs = read_body(body, gzip, content_type, *read)
         else:
