@@ -162,7 +162,8 @@ def inflate(body: bytes, max_bytes: int, content_type: str = "", max_events: int
     (with ``max_events``) as soon as it has more lines than that: a 20 KB body of 20 MiB of
     ``{}`` lines is refused after its first chunk, without inflating the rest."""
     out: list[bytes] = []
-    size, newlines = 0, 0
+    size, lines = 0, 0
+    tail: list[bytes] = []  # the line not yet ended, counted once its newline comes
     count: bool | None = None if max_events else False  # None: not known before content
     data = body
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -178,10 +179,15 @@ def inflate(body: bytes, max_bytes: int, content_type: str = "", max_events: int
             out.append(chunk)
             if count is None and chunk.strip():
                 count = is_ndjson(b"".join(out), content_type)
-            if count:
-                newlines += chunk.count(b"\n")
-                if newlines >= max_events and count_lines(b"".join(out), max_events) > max_events:
-                    raise TooLarge(f"more than {max_events} events in one request")
+            if count:  # each line counted once, however the chunks cut it
+                cut = chunk.rfind(b"\n")
+                if cut < 0:
+                    tail.append(chunk)
+                else:
+                    lines += count_lines(b"".join([*tail, chunk[:cut]]), max_events - lines)
+                    tail = [chunk[cut + 1 :]]
+                    if lines > max_events:
+                        raise TooLarge(f"more than {max_events} events in one request")
         data = inflater.unconsumed_tail
         if inflater.eof:
             rest = inflater.unused_data
