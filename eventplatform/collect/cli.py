@@ -156,7 +156,12 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
             if line is not None and line.strip():
                 lines.append(line)
             if lines and (line is None or len(lines) >= batch):
-                pairs = parse_body(b"\n".join(lines), "application/x-ndjson", len(lines))
+                pairs = parse_body(
+                    b"\n".join(lines),
+                    "application/x-ndjson",
+                    len(lines),
+                    settings.collector.max_event_bytes,
+                )
                 # A slow broker slows the replay down; only one that stays away for the
                 # producer's whole delivery timeout stops it (before this batch is produced).
                 result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=300)
