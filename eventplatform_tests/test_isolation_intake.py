@@ -287,9 +287,9 @@ def test_a_flood_of_random_keys_does_not_slow_a_valid_customer(platform: Setting
 
 
 def test_sync_waits_hold_no_thread_and_are_capped_per_customer(platform: Settings, keys) -> None:
-    """50 ?sync=true requests each waiting 3 s for the broker (a 3 s linger) held 50 worker
+    """50 ?sync=true requests each waiting 5 s for the broker (a 5 s linger) held 50 worker
     threads (the pool has 40): everyone's large batch then waited behind them."""
-    env = {"EP_COLLECTOR_PRODUCER_LINGER_MS": "3000", "EP_COLLECTOR_SYNC_MAX_PER_CUSTOMER": "60"}
+    env = {"EP_COLLECTOR_PRODUCER_LINGER_MS": "5000", "EP_COLLECTOR_SYNC_MAX_PER_CUSTOMER": "60"}
     small = orjson.dumps([example_event("click")])
     large = orjson.dumps([example_event("click") for _ in range(1500)])  # in a worker thread
 
@@ -315,7 +315,7 @@ def test_sync_waits_hold_no_thread_and_are_capped_per_customer(platform: Setting
     with running_collector(platform, **env) as collector:
         statuses, other_s, held, burst = asyncio.run(scenario(collector.url, collector.process.pid))
     assert statuses == [202] * 50
-    assert other_s < 2.0  # not behind the sync waits (before: about 3 s, their linger)
+    assert other_s < 2.0  # not behind the sync waits (before: 4 s, the rest of their linger)
     assert held < 40, f"{held} threads while 50 sync requests wait"
     assert sorted(burst) == [202] * 60 + [429] * 10
 
