@@ -55,7 +55,7 @@ from eventplatform.kafka.clients import (
     make_producer,
     watermark_offsets,
 )
-from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES, DeadLetter, send_dead_letter
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.fence import ShardLock
 from eventplatform.land.lake import (
@@ -178,6 +178,7 @@ class ShardLander:
         clickhouse: ClickHouse,
         dlq_topic: str,
         settings: LandSettings,
+        dlq_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -187,6 +188,7 @@ class ShardLander:
         self.lake_dir = lake_dir
         self.clickhouse = clickhouse
         self.dlq_topic = dlq_topic
+        self.dlq_max_value_bytes = dlq_max_value_bytes
         self.settings = settings
         self.manifest = Manifest.of_shard(lake_dir, settings.group_id, topic, shard, shards)
         self.lock = ShardLock(
@@ -443,7 +445,12 @@ class ShardLander:
         for letter in letters:
             while True:
                 try:
-                    send_dead_letter(producer, self.dlq_topic, letter, on_delivery=delivered)
+                    send_dead_letter(
+                        producer,
+                        self.dlq_topic,
+                        letter.truncate(self.dlq_max_value_bytes),
+                        on_delivery=delivered,
+                    )
                     break
                 except BufferError:  # the producer's queue is full: let it drain
                     producer.poll(0.5)
