@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -34,6 +35,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
+from eventplatform.cli import main
 from eventplatform.defs.landing import SHARD_TAG, land_raw
 from eventplatform.defs.resources import PlatformResource
 from eventplatform.events import EventCodec
@@ -111,6 +113,13 @@ def test_the_instance_is_sqlite_by_default_and_postgres_with_one_setting(
         "postgres": {"postgres_url": {"env": "EP_DAGSTER_POSTGRES_URL"}}
     }
     assert "s3cret" not in str(get_settings().describe())
+    said = CliRunner().invoke(main, ["postgres", "start"])
+    assert said.exit_code == 0 and "managing none here" in said.output  # nothing started
+
+
+def test_postgres_status_exits_1_when_no_server_runs(own_folders: None) -> None:
+    said = CliRunner().invoke(main, ["postgres", "status"])
+    assert said.exit_code == 1 and "postgres: not running" in said.output
 
 
 @op
