@@ -15,10 +15,11 @@ from confluent_kafka import TopicPartition
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
 from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
+from eventplatform.kafka.lag import consumer_lag
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
 from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
-from eventplatform.quality.kafka_stats import consumer_lag, dead_letters_since, messages_since
+from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
 from eventplatform.settings import REPO_ROOT, QualitySettings
 from eventplatform_tests.helpers import decoded_event, land_rows
 
