@@ -113,3 +113,40 @@ def test_landing_imports_none_of_the_packages_that_read_what_it_lands() -> None:
     """Consumer lag lives in ``kafka``, so landing does not reach into ``quality`` for it."""
     readers = ["collect", "budgets", "quality", "marts", "simulate"]
     assert violations(PACKAGE, ["land"], [f"eventplatform.{p}" for p in readers]) == []
+
+
+def test_marts_build_reports_the_run_it_is_handed_and_needs_one_without_no_dagster(
+    mart_env,
+) -> None:
+    """The inversion that keeps marts/ below defs/: `marts build` runs whatever
+    ``RecordedBackfill`` the composition root hands it, and says what to do without one."""
+    from datetime import date
+
+    from click.testing import CliRunner
+
+    from eventplatform.marts.backfill import BackfillRun, BuiltPartition, FailedCheck
+    from eventplatform.marts.cli import marts_group
+
+    asked: list[tuple[date, date, list[str] | None]] = []
+
+    def recorded(first: date, last: date, names: list[str] | None) -> BackfillRun:
+        asked.append((first, last, names))
+        return BackfillRun(
+            "run-1",
+            True,
+            [BuiltPartition("2026-11-16", "m", 2), BuiltPartition("2026-11-17", "m", 1)],
+            [FailedCheck("reconciles_with_events", "m", "1 of 4 figures differ")],
+        )
+
+    args = ["build", "--start", "2026-11-16", "--end", "2026-11-17", "--mart", "m"]
+    result = CliRunner().invoke(marts_group(recorded), args)
+    assert asked == [(date(2026, 11, 16), date(2026, 11, 17), ["m"])]
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "2026-11-16 m: 2 rows",
+        "2026-11-17 m: 1 rows",
+        "check reconciles_with_events FAILED for m: 1 of 4 figures differ",
+        "built 2026-11-16..2026-11-17 in run run-1: reconciliation failed",
+    ]
+    alone = CliRunner().invoke(marts_group(), args)
+    assert alone.exit_code == 2 and "--no-dagster" in alone.output
