@@ -97,13 +97,14 @@ class Platform:
     def start_collector(self) -> None:
         c = self.settings.collector
         self.spawn("collector", [sys.executable, "-m", "eventplatform.cli", "collect"])
-        url = f"http://{c.host}:{c.port}"
+        url, admin = f"http://{c.host}:{c.port}", f"http://{c.admin_host}:{c.admin_port}"
         deadline = time.monotonic() + 60
-        while not _answers(f"{url}/healthz"):
+        while not (_answers(f"{url}/healthz") and _answers(f"{admin}/healthz")):
             if time.monotonic() > deadline or self.services[-1].process.poll() is not None:
-                raise RuntimeError(f"the collector did not come up on {url}")
+                raise RuntimeError(f"the collector did not come up on {url} and {admin}")
             time.sleep(0.3)
-        self.log(f"collector: {url}/v1/events (OpenAPI at {url}/openapi.json)")
+        self.log(f"collector: {url}/v1/events")
+        self.log(f"collector admin: {admin}/metrics, {admin}/readyz, {admin}/openapi.json")
 
     def start_demo(self, rate: float) -> None:
         """Demo customers and campaigns, then simulated traffic through the collector."""

@@ -151,6 +151,54 @@ class CollectorSettings(BaseSettings):
     retry_after_s: int = 2
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
     access_log: bool = False
+    # Tenant isolation at intake (issue 13): what one customer can take of the collector.
+    admin_host: str = Field(
+        default="127.0.0.1",
+        description="The admin listener (/metrics, /readyz, /openapi.json): loopback unless "
+        "a scraper elsewhere needs it (it has no auth).",
+    )
+    admin_port: int = 8081
+    heavy_concurrency: int = Field(
+        default=2,
+        description="Large or gzip bodies inflated and parsed at once, in worker threads, "
+        "all customers together (a small uncompressed batch is taken on the event loop).",
+    )
+    heavy_per_customer: int = Field(
+        default=1, description="Of those, how many one customer may have at once."
+    )
+    heavy_queue_per_customer: int = Field(
+        default=16,
+        description="Large or gzip requests of one customer waiting for its turn; beyond "
+        "that 429 at once (a waiting request holds no body yet).",
+    )
+    heavy_wait_s: float = Field(
+        default=10.0, description="The longest a large request waits for its turn: then 503."
+    )
+    max_event_bytes: int = Field(
+        default=900_000,
+        description="An event larger than this (as sent, or encoded) is rejected to the DLQ: "
+        "librdkafka refuses messages over 1,000,000 bytes.",
+    )
+    dlq_max_value_bytes: int = Field(
+        default=65_536,
+        description="A dead letter keeps at most this many bytes of the original; its full "
+        "length and SHA-256 are in headers (original_length, original_sha256).",
+    )
+    sync_max_per_customer: int = Field(
+        default=8,
+        description="?sync=true requests of one customer waiting for the broker at once; "
+        "beyond that 429 before anything is read.",
+    )
+    auth_negative_cache_size: int = Field(
+        default=10_000,
+        description="Unknown keys remembered (for EP_COLLECTOR_KEY_CACHE_S) so that a flood "
+        "of them costs no SQLite lookups; the oldest is forgotten first.",
+    )
+    auth_max_pending_lookups: int = Field(
+        default=256,
+        description="Key lookups (SQLite, off the event loop) waiting at once; beyond that an "
+        "unknown key gets 503 without one.",
+    )
 
 
 class EventSettings(BaseSettings):

@@ -79,10 +79,24 @@ def customers_revoke(key_id: str) -> None:
 @click.option("--host", default=None, help="Default: EP_COLLECTOR_HOST.")
 @click.option("--port", type=int, default=None, help="Default: EP_COLLECTOR_PORT.")
 @click.option("--workers", type=int, default=None, help="Default: EP_COLLECTOR_WORKERS.")
-def collect(host: str | None, port: int | None, workers: int | None) -> None:
+@click.option(
+    "--admin-port",
+    type=int,
+    default=None,
+    help="/metrics, /readyz, /openapi.json. Default: EP_COLLECTOR_ADMIN_PORT (on "
+    "EP_COLLECTOR_ADMIN_HOST, loopback).",
+)
+def collect(
+    host: str | None, port: int | None, workers: int | None, admin_port: int | None
+) -> None:
     """Run the HTTP collector until SIGTERM/Ctrl-C (then it flushes every accepted event)."""
+    import os
+
     import uvicorn
 
+    if admin_port is not None:  # the app (in each worker) reads it from the settings
+        os.environ["EP_COLLECTOR_ADMIN_PORT"] = str(admin_port)
+        get_settings.cache_clear()
     c = get_settings().collector
     uvicorn.run(
         "eventplatform.collect.app:create_app",
@@ -128,6 +142,8 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
         source="replay",
         max_buffered_bytes=max_bytes,
         policy=settings.event_policy,
+        max_event_bytes=settings.collector.max_event_bytes,
+        dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )
     totals = {"accepted": 0, "rejected": 0}
     started = time.monotonic()
@@ -141,7 +157,12 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
             if line is not None and line.strip():
                 lines.append(line)
             if lines and (line is None or len(lines) >= batch):
-                pairs = parse_body(b"\n".join(lines), "application/x-ndjson", len(lines))
+                pairs = parse_body(
+                    b"\n".join(lines),
+                    "application/x-ndjson",
+                    len(lines),
+                    settings.collector.max_event_bytes,
+                )
                 # A slow broker slows the replay down; only one that stays away for the
                 # producer's whole delivery timeout stops it (before this batch is produced).
                 result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=300)

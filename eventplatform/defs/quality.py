@@ -99,6 +99,13 @@ click_fraud = _landed_check(
     "Click-through rate per site and campaign above EP_QUALITY_CTR_MAX, and ad-click bursts "
     "from a single IP or user.",
 )
+foreign_campaign = _landed_check(
+    "foreign_campaign",
+    checks.foreign_campaign,
+    "Cost events naming a campaign their sender does not own (another customer's, or not "
+    "loaded), per customer, in the window: never spent, so one customer cannot use another's "
+    "budget; an error when another customer's campaign is named.",
+)
 hot_keys = _landed_check(
     "hot_keys",
     checks.hot_keys,
@@ -169,6 +176,7 @@ QUALITY_CHECKS = [
     volume_anomaly,
     duplicate_rate,
     click_fraud,
+    foreign_campaign,
     hot_keys,
     dlq_rate,
     schema_drift,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES, DeadLetter, send_dead_letter
 
 Log = Callable[[str], None]
 
@@ -37,11 +37,16 @@ _RETRIABLE_COMMIT = {
 
 
 def send_dead_letters(
-    producer: Producer, dlq_topic: str, letters: list[DeadLetter], timeout_s: float
+    producer: Producer,
+    dlq_topic: str,
+    letters: list[DeadLetter],
+    timeout_s: float,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> None:
     """Produce and wait for each letter's delivery report: the offsets are committed only
     once the broker holds every one. An empty queue after ``flush()`` is not enough: a
-    message the broker refused (too large, no such topic) leaves the queue as well."""
+    message the broker refused (too large, no such topic) leaves the queue as well. Each
+    letter keeps at most ``max_value_bytes`` of its original (``DeadLetter.truncate``)."""
     failures: list[str] = []
 
     def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -51,7 +56,12 @@ def send_dead_letters(
     for letter in letters:
         while True:
             try:
-                send_dead_letter(producer, dlq_topic, letter, on_delivery=delivered)
+                send_dead_letter(
+                    producer,
+                    dlq_topic,
+                    letter.truncate(max_value_bytes),
+                    on_delivery=delivered,
+                )
                 break
             except BufferError:  # the producer's queue is full: let it drain
                 producer.poll(0.5)

@@ -51,6 +51,7 @@ from eventplatform.kafka.clients import (
     make_producer,
     watermark_offsets,
 )
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES
 from eventplatform.kafka.lag import cached_lag
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.checkpoint import Manifest, offset_ranges
@@ -100,6 +101,7 @@ class ShardLander:
         clickhouse: ClickHouse,
         dlq_topic: str,
         settings: LandSettings,
+        dlq_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -109,6 +111,7 @@ class ShardLander:
         self.lake_dir = lake_dir
         self.clickhouse = clickhouse
         self.dlq_topic = dlq_topic
+        self.dlq_max_value_bytes = dlq_max_value_bytes
         self.settings = settings
         self.manifest = Manifest.of_shard(lake_dir, settings.group_id, topic, shard, shards)
         self.lock = ShardLock(
@@ -291,7 +294,9 @@ class ShardLander:
         clock("sinks")
 
         if dead:
-            send_dead_letters(producer, self.dlq_topic, dead, s.commit_timeout_s)
+            send_dead_letters(
+                producer, self.dlq_topic, dead, s.commit_timeout_s, self.dlq_max_value_bytes
+            )
         crashpoint("after_dead_letters")
 
         commit_offsets(

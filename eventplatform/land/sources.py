@@ -53,4 +53,5 @@ def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLande
         clickhouse=platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,
         settings=settings.land,
+        dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )
