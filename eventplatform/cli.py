@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import date
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +13,9 @@ from eventplatform.kafka.broker import BrokerError, install_jars, local_broker
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.settings import get_settings
+
+if TYPE_CHECKING:
+    from eventplatform.marts.backfill import BackfillRun
 
 
 @click.group()
@@ -218,12 +223,20 @@ def reconcile_command(since: str) -> None:
     click.echo("every message is landed, dead-lettered or pending")
 
 
+def _recorded_marts_backfill(first: date, last: date, names: list[str] | None) -> BackfillRun:
+    """`marts build` records its run in the Dagster instance; the marts package does not know
+    Dagster, so the orchestration layer is handed to it here (imported only when used)."""
+    from eventplatform.defs.marts import recorded_backfill
+
+    return recorded_backfill(first, last, names)
+
+
 def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
     from eventplatform.land.cli import land_command
-    from eventplatform.marts.cli import marts, sql_command
+    from eventplatform.marts.cli import marts_group, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
 
     for command in (
@@ -237,7 +250,7 @@ def _register_domain_commands() -> None:
     ):
         main.add_command(command)
     main.add_command(ingest, name="replay")  # the same command by the name operators use
-    main.add_command(marts)
+    main.add_command(marts_group(recorded_backfill=_recorded_marts_backfill))
     main.add_command(sql_command)
 
 

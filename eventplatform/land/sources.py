@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.kafka.lag import consumer_lag
 from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
-from eventplatform.quality.kafka_stats import consumer_lag
 from eventplatform.settings import Settings
 
 
