@@ -9,7 +9,10 @@ test); one broker serves both of them, each leaves it running.
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,16 +21,17 @@ from pathlib import Path
 from secrets import token_hex
 
 import httpx
+import orjson
 import pytest
 
 from eventplatform.collect.customers import CustomerStore
 from eventplatform.collect.journal import Record
 from eventplatform.events import EventCodec
 from eventplatform.events.examples import example_event
-from eventplatform.kafka.broker import BrokerConfig, LocalBroker
+from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import TopicSpec, ensure_topics, platform_topics
-from eventplatform.settings import MASK, Settings, get_settings, mask_secret
+from eventplatform.settings import MASK, REPO_ROOT, Settings, get_settings, mask_secret
 from eventplatform_tests.test_collector import auth, gauge, read_topic, running_collector
 
 
@@ -229,3 +233,35 @@ def test_settings_mask_passwords_webhooks_and_tokens(monkeypatch) -> None:
     assert mask_secret("x.api_key", "ep_123") == MASK
     assert mask_secret("x.password", None) is None  # unset stays visibly unset
     assert mask_secret("x.dsn", "chdb:///data/clickhouse") == "chdb:///data/clickhouse"
+
+
+def test_replay_with_the_broker_away_journals_and_the_collector_delivers(
+    platform_env: Settings, tmp_path: Path
+) -> None:
+    """`eventplatform replay` shares the collector's producer set-up and journal: with no
+    broker it exits 1 saying what waits in the journal; the next collector delivers it."""
+    settings = platform_env
+    ensure_topics(make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka))
+    CustomerStore(settings.customers_db).add("acme")
+    ndjson = tmp_path / "events.ndjson"
+    lines = [orjson.dumps(example_event("purchase", event_id=f"j{i}")) for i in range(30)]
+    ndjson.write_bytes(b"\n".join(lines) + b"\n")
+    nobody = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "eventplatform.cli", "replay", str(ndjson), "--customer", "acme"],
+        env={**os.environ, **nobody, "EP_COLLECTOR_SHUTDOWN_FLUSH_S": "1"},
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "30 of their messages are not delivered yet" in done.stderr, done.stderr
+    (journal,) = settings.collector_journal_dir.glob("*.journal")
+    assert len(journal.read_bytes().splitlines()) == 30
+    with running_collector(settings) as collector:
+        deadline = time.monotonic() + 60
+        while journal.exists():
+            assert time.monotonic() < deadline, collector.output()[-5000:]
+            time.sleep(0.3)
+    assert raw_ids(settings, 30) == Counter(f"j{i}" for i in range(30))

@@ -341,10 +341,10 @@ class DeliveryJournal:
                     with self._lock:
                         self._again.append((record, callback))
             if failed:
-                path = write_journal(self.failed_folder, failed)
+                path = self._write(self.failed_folder, failed, self._failed)
                 log.error("%d messages refused by the broker for good: in %s", len(failed), path)
             if purged:
-                path = write_journal(self.folder, purged)
+                path = self._write(self.folder, purged, self._purged)
                 in_flight = sum(r.in_flight for r in purged)
                 self.metrics.inc("collector_journal_written_total", len(purged))
                 log.warning(
@@ -363,6 +363,16 @@ class DeliveryJournal:
             if finished:
                 with self._lock:
                     self._replays = [r for r in self._replays if not r.done]
+
+    def _write(self, folder: Path, records: list[Record], pending: list[Record]) -> Path:
+        """``write_journal``; if it fails (a full disk), the records go back to ``pending``
+        for the next try: kept in memory, not lost."""
+        try:
+            return write_journal(folder, records)
+        except OSError:
+            with self._lock:
+                pending[:0] = records
+            raise
 
     def close(self, grace_s: float) -> int:
         """Wait up to ``grace_s`` for the broker to take the buffer, then journal the rest.
