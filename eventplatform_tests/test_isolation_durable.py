@@ -25,11 +25,12 @@ import orjson
 import pytest
 
 from eventplatform.collect.customers import CustomerStore
-from eventplatform.collect.journal import Record
-from eventplatform.events import EventCodec
+from eventplatform.collect.journal import DeliveryJournal, Record, write_journal
+from eventplatform.collect.metrics import Metrics
+from eventplatform.events import EventCodec, EventValidator
 from eventplatform.events.examples import example_event
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker, free_port
-from eventplatform.kafka.clients import make_admin
+from eventplatform.kafka.clients import make_admin, make_producer
 from eventplatform.kafka.topics import TopicSpec, ensure_topics, platform_topics
 from eventplatform.settings import MASK, REPO_ROOT, Settings, get_settings, mask_secret
 from eventplatform_tests.test_collector import auth, gauge, read_topic, running_collector
@@ -265,3 +266,41 @@ def test_replay_with_the_broker_away_journals_and_the_collector_delivers(
             assert time.monotonic() < deadline, collector.output()[-5000:]
             time.sleep(0.3)
     assert raw_ids(settings, 30) == Counter(f"j{i}" for i in range(30))
+
+
+def test_two_workers_replay_one_journal_once(topics: Settings) -> None:
+    """Worker processes share the journal folder: each file is replayed by the one process
+    that holds its lock, so two starting together do not deliver it twice. (Two journals in
+    one process here: ``flock`` locks belong to the open file, so they exclude each other
+    as two processes' would.)"""
+    settings = topics
+    codec = EventCodec()
+    records = []
+    for i in range(200):
+        datum, _ = EventValidator().validate(
+            example_event("click", event_id=f"w{i}"), "acme", int(time.time() * 1000)
+        )
+        records.append(Record(settings.kafka.raw_topic, b"acme", codec.encode(datum), None, 0))
+    write_journal(settings.collector_journal_dir, records)
+    journals = [
+        DeliveryJournal(
+            settings.collector_journal_dir, make_producer(settings.kafka.bootstrap), Metrics()
+        )
+        for _ in range(2)
+    ]
+    for journal in journals:
+        journal.replay_in_background()
+    deadline = time.monotonic() + 30
+    while list(settings.collector_journal_dir.glob("*.journal")):
+        assert time.monotonic() < deadline, "the journal was not replayed in 30 s"
+        for journal in journals:
+            journal.producer.poll(0.05)
+            journal.maintain()
+    assert [journal.close(5) for journal in journals] == [0, 0]
+    replayed = [counter_of(j.metrics, "collector_journal_replayed_total") for j in journals]
+    assert sorted(replayed) == [0, 200]
+    assert raw_ids(settings, 200) == Counter(f"w{i}" for i in range(200))
+
+
+def counter_of(metrics: Metrics, name: str) -> float:
+    return sum(v for (n, _), v in metrics.counters.items() if n == name)
