@@ -236,6 +236,9 @@ def test_settings_mask_passwords_webhooks_and_tokens(monkeypatch) -> None:
     assert mask_secret("x.dsn", "chdb:///data/clickhouse") == "chdb:///data/clickhouse"
 
 
+REPLAY = [sys.executable, "-m", "eventplatform.cli", "replay"]
+
+
 def test_replay_with_the_broker_away_journals_and_the_collector_delivers(
     platform_env: Settings, tmp_path: Path
 ) -> None:
@@ -249,8 +252,8 @@ def test_replay_with_the_broker_away_journals_and_the_collector_delivers(
     ndjson.write_bytes(b"\n".join(lines) + b"\n")
     nobody = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
     done = subprocess.run(
-        [sys.executable, "-m", "eventplatform.cli", "replay", str(ndjson), "--customer", "acme"],
-        env={**os.environ, **nobody, "EP_COLLECTOR_SHUTDOWN_FLUSH_S": "1"},
+        [*REPLAY, str(ndjson), "--customer", "acme", "--wait", "1"],
+        env={**os.environ, **nobody},
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

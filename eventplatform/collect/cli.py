@@ -100,9 +100,18 @@ def collect(host: str | None, port: int | None, workers: int | None) -> None:
 @click.argument("ndjson_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--customer", required=True, help="The customer the events belong to.")
 @click.option("--batch", type=int, default=5000, show_default=True)
-def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the broker after the file's end; then what it has not taken "
+    "is journaled (delivered by the next collector or replay).",
+)
+def ingest(ndjson_file: Path, customer: str, batch: int, wait_s: float) -> None:
     """Replay an NDJSON file through the same validation as HTTP; waits for delivery (what
-    the broker has not taken EP_COLLECTOR_SHUTDOWN_FLUSH_S after the end is journaled)."""
+    the broker has not taken --wait seconds after the end, or at Ctrl-C, is journaled)."""
     from eventplatform.collect.intake import Intake, parse_body, producer_limits
     from eventplatform.collect.journal import DeliveryJournal, producer_settings
     from eventplatform.collect.metrics import Metrics
@@ -171,7 +180,7 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
                     journal.maintain()
     except KeyboardInterrupt:
         interrupted = True
-    lost = journal.close(settings.collector.shutdown_flush_s)
+    lost = journal.close(0 if interrupted else wait_s)
     journaled = int(metrics.get("collector_journal_written_total"))
     failed = int(
         sum(v for (n, _), v in metrics.counters.items() if n == "collector_delivery_failures_total")
