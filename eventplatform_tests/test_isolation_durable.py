@@ -105,7 +105,7 @@ class Sender:
 def test_an_outage_longer_than_the_delivery_timeout_loses_no_accepted_event(
     outage_env: Settings, own_broker: LocalBroker
 ) -> None:
-    """A 2 s delivery timeout (the old 300 s one, shortened) and a 12 s outage: before the
+    """A 2 s delivery timeout (the old 300 s one, shortened) and an 8 s outage: before the
     fix every message that timed out was logged and dropped; now it is produced again."""
     settings = outage_env
     key = CustomerStore(settings.customers_db).add("acme")
@@ -115,7 +115,7 @@ def test_an_outage_longer_than_the_delivery_timeout_loses_no_accepted_event(
         time.sleep(2)
         own_broker.stop()
         during = len(sender.accepted)
-        time.sleep(12)
+        time.sleep(8)
         accepted_while_down = len(sender.accepted) - during
         own_broker.start()
         time.sleep(2)
@@ -126,7 +126,7 @@ def test_an_outage_longer_than_the_delivery_timeout_loses_no_accepted_event(
             time.sleep(0.5)
         metrics = httpx.get(f"{collector.url}/metrics").text
         output = collector.output()
-    assert accepted_while_down >= 1000, sender.statuses  # 202s while the broker was away
+    assert accepted_while_down >= 500, sender.statuses  # 202s while the broker was away
     ids = raw_ids(settings, len(sender.accepted))
     assert set(sender.accepted) <= set(ids), f"lost: {len(set(sender.accepted) - set(ids))}"
     retried = counter(metrics, "collector_delivery_retried_total")
