@@ -351,6 +351,7 @@ def main() -> None:
     with throwaway_broker() as (bootstrap, tmp):
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "EP_DATA_DIR": str(tmp)}
         env.update(UNLIMITED)
+        env["EP_COLLECTOR_ADMIN_PORT"] = str(free_port())  # admin listener off 8081
         os.environ.update(env)
         settings = Settings()
         bench_topic = TopicSpec(RAW_BENCH_TOPIC, settings.kafka.raw_partitions, 1, {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import date
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +13,9 @@ from eventplatform.kafka.broker import BrokerError, install_jars, local_broker
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.settings import get_settings
+
+if TYPE_CHECKING:
+    from eventplatform.marts.backfill import BackfillRun
 
 
 @click.group()
@@ -123,13 +128,64 @@ def topics_ensure(alter: bool) -> None:
 @click.option("--demo-rate", default=100.0, show_default=True, help="Simulated events/s.")
 def run(demo: bool, demo_rate: float) -> None:
     """Start the platform (broker, topics, collector, Dagster, demo traffic) until Ctrl-C."""
+    from eventplatform.postgres import PostgresError
     from eventplatform.runner import run_platform
 
     try:
         code = run_platform(get_settings(), demo=demo, demo_rate=demo_rate)
-    except BrokerError as exc:
+    except (BrokerError, PostgresError) as exc:
         _fail(str(exc))
     sys.exit(code)
+
+
+@main.group()
+def postgres() -> None:
+    """Dagster's local PostgreSQL (used with EP_DAGSTER_STORAGE=postgres)."""
+
+
+def _local_postgres():
+    """The local server, or None (said on screen) when EP_DAGSTER_POSTGRES_URL names one."""
+    from eventplatform.postgres import local_postgres
+
+    settings = get_settings()
+    if settings.dagster.postgres_is_external:
+        click.echo("using the PostgreSQL server in EP_DAGSTER_POSTGRES_URL; managing none here")
+        return None
+    return local_postgres(settings)
+
+
+@postgres.command("start")
+def postgres_start() -> None:
+    """Initialise (once) and start the local server, and create Dagster's database."""
+    from eventplatform.postgres import PostgresError
+
+    server = _local_postgres()
+    if server is None:
+        return
+    try:
+        status = server.start()
+    except PostgresError as exc:
+        _fail(str(exc))
+    click.echo(f"postgres: {status.detail}; {status.url}")
+
+
+@postgres.command("stop")
+def postgres_stop() -> None:
+    """Stop the local server cleanly."""
+    server = _local_postgres()
+    if server is not None:
+        click.echo("postgres: stopped" if server.stop() else "postgres: was not running")
+
+
+@postgres.command("status")
+def postgres_status() -> None:
+    """Say whether the local server runs and answers. Exit 1 when it does not."""
+    server = _local_postgres()
+    if server is None:
+        return
+    status = server.status()
+    click.echo(f"postgres: {status.detail}")
+    sys.exit(0 if status.answering else 1)
 
 
 @main.command("status")
@@ -167,12 +223,20 @@ def reconcile_command(since: str) -> None:
     click.echo("every message is landed, dead-lettered or pending")
 
 
+def _recorded_marts_backfill(first: date, last: date, names: list[str] | None) -> BackfillRun:
+    """`marts build` records its run in the Dagster instance; the marts package does not know
+    Dagster, so the orchestration layer is handed to it here (imported only when used)."""
+    from eventplatform.defs.marts import recorded_backfill
+
+    return recorded_backfill(first, last, names)
+
+
 def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
     from eventplatform.land.cli import land_command
-    from eventplatform.marts.cli import marts, sql_command
+    from eventplatform.marts.cli import marts_group, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
 
     for command in (
@@ -186,7 +250,7 @@ def _register_domain_commands() -> None:
     ):
         main.add_command(command)
     main.add_command(ingest, name="replay")  # the same command by the name operators use
-    main.add_command(marts)
+    main.add_command(marts_group(recorded_backfill=_recorded_marts_backfill))
     main.add_command(sql_command)
 
 

@@ -11,9 +11,17 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventplatform.events.policy import (
+    DEFAULT_MAX_AGE_DAYS,
+    DEFAULT_MAX_EVENT_COST,
+    DEFAULT_MAX_FUTURE_S,
+    EventPolicy,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "4.4.0"  # newest 4.x on Maven Central when pinned; see eventplatform/kafka/pom.xml
@@ -96,6 +104,8 @@ class ClickHouseSettings(BaseSettings):
 
 
 class DagsterSettings(BaseSettings):
+    """Dagster's instance: where it lives, what stores its runs and event logs, its UI."""
+
     model_config = SettingsConfigDict(env_prefix="EP_DAGSTER_", extra="ignore")
 
     home: Path | None = Field(
@@ -105,6 +115,42 @@ class DagsterSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 3000
+    storage: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="What stores runs, event logs and schedules: SQLite files in DAGSTER_HOME, "
+        "or PostgreSQL (the local server the platform starts, or EP_DAGSTER_POSTGRES_URL).",
+    )
+    postgres_url: SecretStr | None = Field(
+        default=None,
+        description="An existing PostgreSQL server "
+        "(postgresql+psycopg2://user:password@host:port/db). "
+        "When set, the platform starts no server of its own; the URL stays in the environment, "
+        "never in the generated dagster.yaml (and `eventplatform settings` masks it).",
+    )
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=5433, description="Not 5432: a system cluster may be there.")
+    postgres_user: str = "dagster"
+    postgres_db: str = "dagster"
+    postgres_os_user: str = Field(
+        default="postgres",
+        description="The unprivileged system user the local server runs as when we are root.",
+    )
+    postgres_data_dir: Path | None = Field(
+        default=None, description="The local server's folder. Default: <data_dir>/postgres."
+    )
+    postgres_bin_dir: Path | None = Field(
+        default=None,
+        description="Where initdb and pg_ctl are. Default: PATH, then /usr/lib/postgresql/*/bin.",
+    )
+    postgres_start_timeout_s: float = 60.0
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.storage == "postgres"
+
+    @property
+    def postgres_is_external(self) -> bool:
+        return bool(self.postgres_url)
 
 
 class CollectorSettings(BaseSettings):
@@ -158,6 +204,70 @@ class CollectorSettings(BaseSettings):
     retry_after_s: int = 2
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
     access_log: bool = False
+    # Tenant isolation at intake (issue 13): what one customer can take of the collector.
+    admin_host: str = Field(
+        default="127.0.0.1",
+        description="The admin listener (/metrics, /readyz, /openapi.json): loopback unless "
+        "a scraper elsewhere needs it (it has no auth).",
+    )
+    admin_port: int = 8081
+    heavy_concurrency: int = Field(
+        default=2,
+        description="Large or gzip bodies inflated and parsed at once, in worker threads, "
+        "all customers together (a small uncompressed batch is taken on the event loop).",
+    )
+    heavy_per_customer: int = Field(
+        default=1, description="Of those, how many one customer may have at once."
+    )
+    heavy_queue_per_customer: int = Field(
+        default=16,
+        description="Large or gzip requests of one customer waiting for its turn; beyond "
+        "that 429 at once (a waiting request holds no body yet).",
+    )
+    heavy_wait_s: float = Field(
+        default=10.0, description="The longest a large request waits for its turn: then 503."
+    )
+    max_event_bytes: int = Field(
+        default=900_000,
+        description="An event larger than this (as sent, or encoded) is rejected to the DLQ: "
+        "librdkafka refuses messages over 1,000,000 bytes.",
+    )
+    dlq_max_value_bytes: int = Field(
+        default=65_536,
+        description="A dead letter keeps at most this many bytes of the original; its full "
+        "length and SHA-256 are in headers (original_length, original_sha256).",
+    )
+    sync_max_per_customer: int = Field(
+        default=8,
+        description="?sync=true requests of one customer waiting for the broker at once; "
+        "beyond that 429 before anything is read.",
+    )
+    auth_negative_cache_size: int = Field(
+        default=10_000,
+        description="Unknown keys remembered (for EP_COLLECTOR_KEY_CACHE_S) so that a flood "
+        "of them costs no SQLite lookups; the oldest is forgotten first.",
+    )
+    auth_max_pending_lookups: int = Field(
+        default=256,
+        description="Key lookups (SQLite, off the event loop) waiting at once; beyond that an "
+        "unknown key gets 503 without one.",
+    )
+
+
+class EventSettings(BaseSettings):
+    """Which well-formed events are accepted: the event_ts window (checked by the collector
+    and again by the lander, relative to each event's received_ts)."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_EVENTS_", extra="ignore")
+
+    max_age_days: float = Field(
+        default=DEFAULT_MAX_AGE_DAYS,
+        description="event_ts at most this many days before received_ts (history replays).",
+    )
+    max_future_s: float = Field(
+        default=DEFAULT_MAX_FUTURE_S,
+        description="event_ts at most this many seconds after received_ts (clock skew).",
+    )
 
 
 class BudgetSettings(BaseSettings):
@@ -172,6 +282,10 @@ class BudgetSettings(BaseSettings):
         default=150.0, description="Today's pacing above this % (of an even spread) warns."
     )
     signal_reread_s: float = 30.0
+    max_event_cost: float = Field(
+        default=DEFAULT_MAX_EVENT_COST,
+        description="One event's cost at most this (and at least 0); others are dead-lettered.",
+    )
 
 
 class LandSettings(BaseSettings):
@@ -209,6 +323,16 @@ class LandSettings(BaseSettings):
     sensor_interval_s: int = 10
     commit_timeout_s: float = Field(
         default=300.0, description="How long a commit waits out a broker that is down."
+    )
+    shard_lock_wait_s: float = Field(
+        default=30.0,
+        description="How long a landing run waits for another lander of its shard to finish "
+        "before it fails (one lander per shard: two would land events twice).",
+    )
+    clickhouse_partitions_per_insert: int = Field(
+        default=100,
+        description="A batch spanning more months than this is inserted in several parts "
+        "(ClickHouse refuses an insert into more partitions than its limit).",
     )
 
 
@@ -310,6 +434,7 @@ class Settings:
         self.kafka = KafkaSettings()
         self.clickhouse = ClickHouseSettings()
         self.dagster = DagsterSettings()
+        self.events = EventSettings()
         self.collector = CollectorSettings()
         self.budgets = BudgetSettings()
         self.land = LandSettings()
@@ -319,6 +444,14 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return self.paths.data_dir
+
+    @property
+    def event_policy(self) -> EventPolicy:
+        return EventPolicy(
+            max_age_days=self.events.max_age_days,
+            max_future_s=self.events.max_future_s,
+            max_event_cost=self.budgets.max_event_cost,
+        )
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -331,6 +464,10 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return (self.dagster.home or self.data_dir / "dagster").resolve()
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return (self.dagster.postgres_data_dir or self.data_dir / "postgres").resolve()
 
     @property
     def clickhouse_dsn(self) -> str:
@@ -367,6 +504,7 @@ class Settings:
             "kafka",
             "clickhouse",
             "dagster",
+            "events",
             "collector",
             "budgets",
             "land",

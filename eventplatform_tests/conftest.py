@@ -1,4 +1,11 @@
-"""Shared fixtures: one real Kafka broker per test session, unique topics per test."""
+"""Shared fixtures: one real Kafka broker per test session, unique topics per test.
+
+Tests are marked by the services their fixtures start (``pytest -m "not kafka"`` is the fast
+tier, README, Tests): ``kafka`` when the fixture closure holds the session broker or the
+broker's jars (a test that starts brokers of its own), ``postgres`` when it holds a PostgreSQL
+server, ``marts`` when it builds the marts (``mart_env``). Nothing is marked by hand, so a new
+test is in the right tier by what it asks for.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,25 @@ import pytest
 
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker, install_jars
 from eventplatform.settings import Settings, get_settings
+
+# fixture -> marker: a test whose fixture closure holds the fixture gets the marker
+SERVICE_FIXTURES: dict[str, str] = {
+    "kafka_broker": "kafka",
+    "bootstrap": "kafka",
+    "kafka_libs": "kafka",
+    "postgres_server": "postgres",
+    # the marts' tests build the DuckDB warehouse and mirror it into the embedded ClickHouse
+    # for several days per test: 10-30 s each on this machine, no broker needed
+    "mart_env": "marts",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the services its fixtures need (see the module's docstring)."""
+    for item in items:
+        closure = set(getattr(item, "fixturenames", ()))
+        for marker in sorted({m for f, m in SERVICE_FIXTURES.items() if f in closure}):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

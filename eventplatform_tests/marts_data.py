@@ -133,6 +133,6 @@ def make_lake(lake: Path) -> dict[str, list[dict]]:
 
 
 CAMPAIGNS_CSV = (
-    "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
-    "Acme Corp,cmp-1,1000,100,USD,2026-01-01,2026-12-31,UTC\n"
+    "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
+    "Acme Corp,cmp-1,1000,100,USD,2026-01-01,2026-12-31,UTC,adnet\n"
 )

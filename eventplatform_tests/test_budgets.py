@@ -22,7 +22,7 @@ from eventplatform.settings import REPO_ROOT
 from eventplatform_tests.helpers import decoded_event, land_rows
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
-HEADER = "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
+HEADER = "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
 
 
 @pytest.fixture
@@ -49,11 +49,12 @@ def cost_events(
     at: datetime = NOW - timedelta(minutes=5),
     kind: str = "impression",
     prefix: str = "e",
+    customer: str = "adnet",
 ) -> list[dict]:
     return [
         decoded_event(
             kind,
-            "adnet",
+            customer,
             at,
             event_id=f"{prefix}-{campaign}-{i}",
             payload={"campaign_id": campaign, "cost": cost, "revenue": cost * 0.7},
@@ -69,8 +70,8 @@ def load(clickhouse: ClickHouse, rows: str) -> None:
 def test_exhaustion_emits_exactly_one_pause(clickhouse, bootstrap, control_topic) -> None:
     load(
         clickhouse,
-        "acme,c1,10,100,USD,2026-01-01,2026-12-31,UTC\n"
-        "acme,c2,1000,100,USD,2026-01-01,2026-12-31,UTC\n",
+        "acme,c1,10,100,USD,2026-01-01,2026-12-31,UTC,adnet\n"
+        "acme,c2,1000,100,USD,2026-01-01,2026-12-31,UTC,adnet\n",
     )
     controller = BudgetController(clickhouse, bootstrap, control_topic)
     land(clickhouse, cost_events("c1", [4.0, 4.0]), "b1")
@@ -93,7 +94,7 @@ def test_exhaustion_emits_exactly_one_pause(clickhouse, bootstrap, control_topic
 
 
 def test_daily_reset_emits_a_resume(clickhouse, bootstrap, control_topic) -> None:
-    load(clickhouse, "acme,d1,1000,5,USD,2026-01-01,2026-12-31,Europe/Paris\n")
+    load(clickhouse, "acme,d1,1000,5,USD,2026-01-01,2026-12-31,Europe/Paris,adnet\n")
     controller = BudgetController(clickhouse, bootstrap, control_topic)
     land(clickhouse, cost_events("d1", [3.0, 2.0], NOW - timedelta(hours=1)), "b1")
     _, signals = controller.refresh(NOW)
@@ -106,11 +107,11 @@ def test_daily_reset_emits_a_resume(clickhouse, bootstrap, control_topic) -> Non
 
 
 def test_raising_a_budget_resumes(clickhouse, bootstrap, control_topic) -> None:
-    load(clickhouse, "acme,r1,5,100,USD,2026-01-01,2026-12-31,UTC\n")
+    load(clickhouse, "acme,r1,5,100,USD,2026-01-01,2026-12-31,UTC,adnet\n")
     controller = BudgetController(clickhouse, bootstrap, control_topic)
     land(clickhouse, cost_events("r1", [6.0]), "b1")
     assert [s["status"] for s in controller.refresh(NOW)[1]] == ["exhausted"]
-    load(clickhouse, "acme,r1,50,100,USD,2026-01-01,2026-12-31,UTC\n")
+    load(clickhouse, "acme,r1,50,100,USD,2026-01-01,2026-12-31,UTC,adnet\n")
     assert read_campaigns(clickhouse)[0].total_budget == 50.0  # the reload replaced the row
     assert [(s["status"], s["action"]) for s in controller.refresh(NOW)[1]] == [
         ("active", "resume")
@@ -118,6 +119,7 @@ def test_raising_a_budget_resumes(clickhouse, bootstrap, control_topic) -> None:
 
 
 def test_replaying_a_batch_does_not_change_spend(clickhouse) -> None:
+    load(clickhouse, "acme,p1,1000,100,USD,2026-01-01,2026-12-31,UTC,adnet\n")
     events = cost_events("p1", [1.25, 2.5, 0.25], kind="ad_click")
     land(clickhouse, events, "batch-7")
     before = read_spend(clickhouse, NOW)["p1"].total
@@ -132,8 +134,8 @@ def test_replaying_a_batch_does_not_change_spend(clickhouse) -> None:
 def test_ended_and_scheduled_campaigns(clickhouse, bootstrap, control_topic) -> None:
     load(
         clickhouse,
-        "acme,old,10,5,USD,2025-01-01,2025-12-31,UTC\n"
-        "acme,new,10,5,USD,2027-01-01,2027-12-31,UTC\n",
+        "acme,old,10,5,USD,2025-01-01,2025-12-31,UTC,adnet\n"
+        "acme,new,10,5,USD,2027-01-01,2027-12-31,UTC,adnet\n",
     )
     states, signals = BudgetController(clickhouse, bootstrap, control_topic).refresh(NOW)
     assert {s.campaign_id: s.status for s in states} == {"old": "ended", "new": "scheduled"}
@@ -142,9 +144,9 @@ def test_ended_and_scheduled_campaigns(clickhouse, bootstrap, control_topic) -> 
 
 def test_bad_campaign_rows_are_reported_by_line_and_nothing_loads(clickhouse) -> None:
     text = HEADER + (
-        "acme,ok1,10,5,USD,2026-01-01,2026-12-31,UTC\n"
-        "acme,,ten,5,USD,2026-13-01,2026-12-31,Mars/Olympus\n"
-        "acme,ok1,10,-5,US,2026-06-01,2026-01-01,UTC\n"
+        "acme,ok1,10,5,USD,2026-01-01,2026-12-31,UTC,adnet\n"
+        "acme,,ten,5,USD,2026-13-01,2026-12-31,Mars/Olympus,adnet\n"
+        "acme,ok1,10,-5,US,2026-06-01,2026-01-01,UTC,adnet\n"
     )
     with pytest.raises(CampaignFileError) as info:
         parse_campaigns(text)

@@ -35,8 +35,8 @@ def test_cli_loads_reports_and_watches(platform_env: Settings, tmp_path: Path) -
     ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
     bad = tmp_path / "bad.csv"
     bad.write_text(
-        "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
-        "acme,x1,lots,5,USD,2026-01-01,2026-12-31,UTC\n"
+        "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
+        "acme,x1,lots,5,USD,2026-01-01,2026-12-31,UTC,adnet\n"
     )
     failed = run_cli("campaigns", "load", str(bad))
     assert failed.returncode == 1
@@ -49,7 +49,9 @@ def test_cli_loads_reports_and_watches(platform_env: Settings, tmp_path: Path) -
     now = datetime.now(UTC)
     land(
         platform_clickhouse(platform_env),
-        cost_events("adnet-00-cmp-1", [3.0, 3.0], at=now - timedelta(seconds=5)),
+        cost_events(
+            "adnet-00-cmp-1", [3.0, 3.0], at=now - timedelta(seconds=5), customer="adnet-00"
+        ),
         "b1",
     )
     status = run_cli("campaigns", "status")
@@ -80,9 +82,9 @@ def test_overspend_check_fails_on_overspend_and_passes_otherwise(platform_env: S
     load_campaigns(
         clickhouse,
         parse_campaigns(
-            "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
-            "acme,ok,100,100,USD,2026-01-01,2030-12-31,UTC\n"
-            "acme,over,10,100,USD,2026-01-01,2030-12-31,UTC\n"
+            "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
+            "acme,ok,100,100,USD,2026-01-01,2030-12-31,UTC,adnet\n"
+            "acme,over,10,100,USD,2026-01-01,2030-12-31,UTC,adnet\n"
         ),
     )
     now = datetime.now(UTC) - timedelta(seconds=5)

@@ -36,6 +36,7 @@ class RunningCollector:
     url: str
     process: subprocess.Popen
     log_path: Path
+    admin_url: str = ""  # /metrics, /readyz, /openapi.json (loopback, its own port)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -46,21 +47,26 @@ def running_collector(settings: Settings, **env: str) -> Iterator[RunningCollect
     """`eventplatform collect` on a free port; its output goes to a file, not a pipe: a pipe
     that nobody reads fills up (64 KiB) and then blocks whichever thread writes next, be it
     uvicorn's event loop or librdkafka's broker thread logging a lost connection."""
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     log_path = Path(tempfile.mkstemp(prefix="collector-", suffix=".log")[1])
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "eventplatform.cli", "collect", "--port", str(port)],
-            env={**os.environ, **env},
+            env={"EP_COLLECTOR_ADMIN_PORT": str(admin_port), **os.environ, **env},
             cwd=REPO_ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    collector = RunningCollector(f"http://127.0.0.1:{port}", process, log_path)
+    collector = RunningCollector(
+        f"http://127.0.0.1:{port}", process, log_path, f"http://127.0.0.1:{admin_port}"
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{collector.url}/healthz", timeout=1).status_code == 200:
+            if all(
+                httpx.get(f"{u}/healthz", timeout=1).status_code == 200
+                for u in (collector.url, collector.admin_url)
+            ):
                 break
         except httpx.TransportError:
             pass
@@ -76,9 +82,9 @@ def running_collector(settings: Settings, **env: str) -> Iterator[RunningCollect
         log_path.unlink(missing_ok=True)
 
 
-def gauge(url: str, name: str) -> float:
-    """One of the collector's gauges, from its Prometheus metrics."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+def gauge(admin_url: str, name: str) -> float:
+    """One of the collector's gauges, from its Prometheus metrics (on the admin listener)."""
+    for line in httpx.get(f"{admin_url}/metrics", timeout=10).text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
     raise AssertionError(f"{name} is not in /metrics")
@@ -250,7 +256,7 @@ def test_quota_overflow_and_hard_cap(platform: Settings, keys) -> None:
         # Another customer is not affected by acme's flood.
         other = httpx.post(f"{url}/v1/events", json=batch[:5], headers=auth(keys["globex"]))
         assert (other.json()["accepted"], other.json()["overflowed"]) == (5, 0)
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{collector.admin_url}/metrics").text
     assert 'collector_events_overflowed_total{customer="acme"} 15' in metrics
     assert 'collector_requests_total{status="429"} 1' in metrics
     raw = read_topic(platform, platform.kafka.raw_topic, 15)
@@ -321,8 +327,8 @@ def test_a_batch_is_kept_whole_or_not_at_all_when_the_byte_limit_is_reached(
 
     with running_collector(platform, **env) as collector:
         answers = asyncio.run(flood(collector.url))
-        buffered_messages = gauge(collector.url, "collector_producer_buffer_messages")
-        buffered_bytes = gauge(collector.url, "collector_producer_buffer_bytes")
+        buffered_messages = gauge(collector.admin_url, "collector_producer_buffer_messages")
+        buffered_bytes = gauge(collector.admin_url, "collector_producer_buffer_bytes")
     assert {status for status, _ in answers} == {202, 503}, answers
     kept = sum(size for status, size in answers if status == 202)
     assert buffered_messages == kept
@@ -357,9 +363,9 @@ def test_large_batches_in_a_thread_and_small_ones_on_the_loop_all_land(
 
 def test_operational_endpoints(platform: Settings, keys) -> None:
     with running_collector(platform) as collector:
-        url = collector.url
-        assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
-        document = httpx.get(f"{url}/openapi.json").json()
+        url, admin = collector.url, collector.admin_url
+        assert httpx.get(f"{admin}/readyz").json() == {"status": "ready"}
+        document = httpx.get(f"{admin}/openapi.json").json()
         assert set(document["paths"]["/v1/events"]["post"]["responses"]) >= {
             "202",
             "400",
@@ -371,7 +377,12 @@ def test_operational_endpoints(platform: Settings, keys) -> None:
         httpx.post(
             f"{url}/v1/events", json=[example_event("bid")] * 4, headers=auth(keys["globex"])
         )
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{admin}/metrics").text
+        # Operations are not on the public listener (customer names and volumes, a broker
+        # call per /readyz): only /healthz is.
+        for path in ("/metrics", "/readyz", "/openapi.json"):
+            assert httpx.get(f"{url}{path}").status_code == 404
+        assert httpx.get(f"{url}/healthz").status_code == 200
     assert 'collector_events_accepted_total{customer="globex"} 4' in metrics
     assert "collector_producer_buffer_fill" in metrics
     assert "collector_produce_latency_seconds_count" in metrics
@@ -458,7 +469,9 @@ def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> No
 
     metrics = Metrics()
     intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]
-    datum, _ = EventValidator().validate(example_event("click", event_id="e-42"), "cust-a", 1)
+    datum, _ = EventValidator().validate(
+        example_event("click", event_id="e-42"), "cust-a", 1795428000123
+    )
     encoded = EventCodec().encode(datum)
     waiter = DeliveryWaiter(3)
     intake._delivered(None, FakeMessage("raw", encoded), waiter)

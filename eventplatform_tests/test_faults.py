@@ -123,9 +123,11 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
             # (Seen to take over a minute now and then, while librdkafka's idempotent producer
             # recovers its producer id; SIGTERM's flush is tested in test_collector.py.)
             drained = time.monotonic()
-            while buffered(url) > 0:
+            while buffered(collector.admin_url) > 0:
                 waited = time.monotonic() - drained
-                assert waited < 240, f"{buffered(url)} buffered:\n{collector.output()[-5000:]}"
+                assert waited < 240, (
+                    f"{buffered(collector.admin_url)} buffered:\n{collector.output()[-5000:]}"
+                )
                 time.sleep(0.5)
             print(f"the collector's buffer drained {time.monotonic() - drained:.1f}s after load")
         assert set(statuses) <= {202, 503}, statuses

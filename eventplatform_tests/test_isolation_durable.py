@@ -121,10 +121,10 @@ def test_an_outage_longer_than_the_delivery_timeout_loses_no_accepted_event(
         time.sleep(2)
         sender.stop()
         deadline = time.monotonic() + 90
-        while gauge(collector.url, "collector_producer_buffer_messages") > 0:
+        while gauge(collector.admin_url, "collector_producer_buffer_messages") > 0:
             assert time.monotonic() < deadline, collector.output()[-5000:]
             time.sleep(0.5)
-        metrics = httpx.get(f"{collector.url}/metrics").text
+        metrics = httpx.get(f"{collector.admin_url}/metrics").text
         output = collector.output()
     assert accepted_while_down >= 500, sender.statuses  # 202s while the broker was away
     ids = raw_ids(settings, len(sender.accepted))
@@ -156,7 +156,7 @@ def test_sigterm_during_an_outage_journals_and_the_next_start_delivers(
         own_broker.stop()
         time.sleep(3)
         sender.stop()
-        held = gauge(collector.url, "collector_producer_buffer_messages")
+        held = gauge(collector.admin_url, "collector_producer_buffer_messages")
         collector.process.send_signal(signal.SIGTERM)
         assert collector.process.wait(timeout=60) in (0, -signal.SIGTERM)
         first_log = collector.output()
@@ -173,7 +173,7 @@ def test_sigterm_during_an_outage_journals_and_the_next_start_delivers(
         while list(journal_dir.glob("*.journal")):
             assert time.monotonic() < deadline, collector.output()[-5000:]
             time.sleep(0.5)
-        replayed = httpx.get(f"{collector.url}/metrics").text
+        replayed = httpx.get(f"{collector.admin_url}/metrics").text
     assert counter(replayed, "collector_journal_replayed_total") == len(records)
     ids = raw_ids(settings, len(sender.accepted))
     assert set(sender.accepted) <= set(ids), f"lost: {len(set(sender.accepted) - set(ids))}"
@@ -211,7 +211,7 @@ def test_a_message_the_broker_refuses_for_good_is_journaled_and_counted(
         refused = post(json=[big])
         assert refused.status_code == 502, refused.text  # sync: told it did not get through
         assert "journal" in refused.json()["delivery"]["failed"][0]
-        failures = httpx.get(f"{collector.url}/metrics").text
+        failures = httpx.get(f"{collector.admin_url}/metrics").text
     assert 'collector_delivery_failures_total{customer="acme"} 1' in failures
     failed = list((settings.collector_journal_dir / "failed").glob("*.journal"))
     assert len(failed) == 1
@@ -235,6 +235,9 @@ def test_settings_mask_passwords_webhooks_and_tokens(monkeypatch) -> None:
     assert described["collector.key_cache_s"] == 5.0
     assert mask_secret("x.url", "https://h/x?a=1&access_token=abc&sig=zz") == (
         f"https://h/x?a=1&access_token={MASK}&sig={MASK}"
+    )
+    assert mask_secret("x.url", "postgresql+psycopg2://ep:pw@db:5432/dagster") == (
+        f"postgresql+psycopg2://ep:{MASK}@db:5432/dagster"
     )
     assert mask_secret("x.api_key", "ep_123") == MASK
     assert mask_secret("x.password", None) is None  # unset stays visibly unset

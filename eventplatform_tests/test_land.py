@@ -27,12 +27,13 @@ def produce_events(settings: Settings, n: int, start: int = 0, codec: EventCodec
     types = ["page_view", "click", "impression", "ad_click", "purchase", "bid"]
     for i in range(start, start + n):
         customer = f"cust-{i % 3}"
+        happened = base + timedelta(minutes=7 * i)
         event = decoded_event(
             types[i % len(types)],
             customer,
-            datetime.now(UTC),
+            happened + timedelta(seconds=30),  # received on time: filed by hour in the lake
             event_id=f"ev-{i:06d}",
-            event_ts=int((base + timedelta(minutes=7 * i)).timestamp() * 1000),
+            event_ts=int(happened.timestamp() * 1000),
         )
         sent[event["event_id"]] = event
         producer.produce(settings.kafka.raw_topic, key=customer.encode(), value=codec.encode(event))

@@ -91,9 +91,9 @@ def test_a_landing_run_reports_batches_and_pauses_an_exhausted_campaign(
     load_campaigns(
         platform_clickhouse(settings),
         parse_campaigns(
-            "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone\n"
+            "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
             f"acme,cmp-1,100,10,USD,{now - timedelta(days=1):%Y-%m-%d},"
-            f"{now + timedelta(days=5):%Y-%m-%d},UTC\n"
+            f"{now + timedelta(days=5):%Y-%m-%d},UTC,adnet\n"
         ),
     )
     producer = make_producer(settings.kafka.bootstrap)

@@ -20,7 +20,7 @@ SQL_DIR = REPO_ROOT / "sql" / "clickhouse"
 def decoded_examples() -> list[dict]:
     codec, validator = EventCodec(), EventValidator()
     return [
-        codec.decode(codec.encode(validator.validate(example_event(t), "cust-a", 1000)[0]))
+        codec.decode(codec.encode(validator.validate(example_event(t), "cust-a", 1795428000123)[0]))
         for t in EXAMPLES
     ]
 

@@ -248,16 +248,16 @@ def test_clickhouse_computes_the_same_campaign_figures_from_its_own_events(
 
     _, _, landed = built
     land_rows(clickhouse, landed["ad_d1"], "ad-d1")
-    land_rows(clickhouse, landed["ad_d1"][:3], "ad-d1-replay")  # duplicates by event_id
+    land_rows(clickhouse, landed["ad_d1"][:3], "ad-d1-replay")  # same customer and event_id
     db = clickhouse.database
     with clickhouse.session() as client:
         from_events = client.query(
             "SELECT campaign_id, countIf(event_type = 'impression'), "
             "countIf(event_type = 'ad_click'), countIf(event_type = 'conversion'), "
-            "round(sum(cost), 6), round(sum(revenue), 6) FROM (SELECT event_id, "
+            "round(sum(cost), 6), round(sum(revenue), 6) FROM (SELECT customer_id, event_id, "
             "any(campaign_id) AS campaign_id, any(event_type) AS event_type, any(cost) AS cost, "
             f"any(revenue) AS revenue FROM {db}.events WHERE toDate(event_ts) = %(d)s "
-            "GROUP BY event_id) GROUP BY campaign_id ORDER BY campaign_id",
+            "GROUP BY customer_id, event_id) GROUP BY campaign_id ORDER BY campaign_id",
             parameters={"d": D1},
         ).result_rows
     assert [tuple(r) for r in from_events] == warehouse(

@@ -15,10 +15,12 @@ from confluent_kafka import TopicPartition
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
 from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
+from eventplatform.kafka.lag import consumer_lag
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
 from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
-from eventplatform.quality.kafka_stats import consumer_lag, dead_letters_since, messages_since
+from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
+from eventplatform.quality.lag_samples import consumer_lag_outcome, record_lag_sample
 from eventplatform.settings import REPO_ROOT, QualitySettings
 from eventplatform_tests.helpers import decoded_event, land_rows
 
@@ -232,6 +234,30 @@ def test_consumer_lag_growing_for_the_window() -> None:
     assert checks.consumer_lag_check({"t": 1000}, wobbling, q, NOW).passed
     too_short = [(NOW - timedelta(minutes=m), 1000 - m) for m in (3, 2, 1, 0)]
     assert checks.consumer_lag_check({"t": 1000}, too_short, q, NOW).passed
+
+
+def test_lag_samples_are_kept_per_group_and_judged_over_the_window(
+    bootstrap: str, unique: str, ch
+) -> None:
+    """The lag check's memory (``quality/lag_samples.py``): each run reads the lag from Kafka,
+    appends it to ClickHouse, and is judged with the samples of its group in the window."""
+    topic, group = f"lag.{unique}", f"land-{unique}"
+    ensure_topics(make_admin(bootstrap), [TopicSpec(topic, 1, 1, {})])
+    producer = make_producer(bootstrap)
+    q = QualitySettings(lag_growing_minutes=15)
+    record_lag_sample(ch, group, {topic: 99_999}, NOW - timedelta(minutes=20), NOW)  # too old
+    record_lag_sample(ch, "another-group", {topic: 1}, NOW - timedelta(minutes=12), NOW)
+    for minutes_ago in (14, 10, 5, 0):
+        for i in range(10):
+            producer.produce(topic, value=b"%d" % i)
+        producer.flush(30)
+        at = NOW - timedelta(minutes=minutes_ago)
+        outcome = consumer_lag_outcome(ch, bootstrap, group, [topic], q, at)
+    assert not outcome.passed
+    assert outcome.evidence == ["total lag grew at every sample for 15 min: 10 -> 40"]
+    history = record_lag_sample(ch, group, {topic: 40}, NOW, NOW - timedelta(minutes=15))
+    assert [n for _, n in history] == [10, 20, 30, 80]  # NOW's two samples sum: 40 + 40
+    assert history[0][0] == NOW - timedelta(minutes=14)
 
 
 class _Receiver(BaseHTTPRequestHandler):

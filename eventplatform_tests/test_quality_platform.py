@@ -74,6 +74,7 @@ def test_quality_job_runs_every_check_and_alerts_on_failures(
         "volume_anomaly",
         "duplicate_rate",
         "click_fraud",
+        "foreign_campaign",
         "hot_keys",
         "dlq_rate",
         "schema_drift",
@@ -82,8 +83,11 @@ def test_quality_job_runs_every_check_and_alerts_on_failures(
     failed = {name for name, e in evaluations.items() if not e.passed}
     # Planted: a click burst from one IP, and 5 dead letters against 1 accepted event with an
     # unknown field (schema drift). One customer has all traffic, but 300 events are under
-    # the hot-key minimum volume, so hot_keys passes.
-    assert failed == {"click_fraud", "dlq_rate", "schema_drift"}
+    # the hot-key minimum volume, so hot_keys passes. The clicks name campaign cmp-42, which is
+    # not loaded: their cost is spent against no budget (foreign_campaign warns).
+    assert failed == {"click_fraud", "dlq_rate", "schema_drift", "foreign_campaign"}
+    assert evaluations["foreign_campaign"].severity.value == "WARN"
+    assert "adnet: 300 cost events" in evaluations["foreign_campaign"].metadata["evidence"].value
     assert evaluations["click_fraud"].metadata["offenders"].value == 1
     assert "203.0.113.66" in evaluations["click_fraud"].metadata["evidence"].value
 

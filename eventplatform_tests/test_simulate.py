@@ -19,7 +19,7 @@ def test_labels_tell_which_events_are_bad() -> None:
     validator = EventValidator()
     events = [e for t in range(200) for e in generator.events(100, NOW_MS + t * 1000, t_s=t + 50)]
     outcome = Counter(
-        (e.label.startswith("bad:"), bool(validator.validate(e.event, e.customer_id, 1)[1]))
+        (e.label.startswith("bad:"), bool(validator.validate(e.event, e.customer_id, NOW_MS)[1]))
         for e in events
     )
     assert outcome[(True, False)] == 0 and outcome[(False, True)] == 0  # labels are exact

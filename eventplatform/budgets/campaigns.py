@@ -1,4 +1,11 @@
-"""Campaigns with budgets: parsed from CSV with every bad row reported, loaded all or nothing."""
+"""Campaigns with budgets: parsed from CSV with every bad row reported, loaded all or nothing.
+
+Every campaign belongs to one customer, its owner: only the owner's cost events spend its
+budget (see spend.py). The owner is the CSV's ``owner`` column, or, in a file without one,
+its ``advertiser`` (the simulator's and older files name the customer there). A campaign id is
+global (ad servers key pause signals by it), so a load that would hand an existing campaign to
+another owner is refused: a typo or a second customer reusing an id must not move a budget.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.collect.customers import CUSTOMER_ID
 
 COLUMNS = (
     "advertiser",
@@ -21,12 +29,14 @@ COLUMNS = (
     "end",
     "timezone",
 )
+OWNER = "owner"  # optional column; without it the advertiser is the owner
 
 
 @dataclass(frozen=True)
 class Campaign:
     campaign_id: str
     advertiser: str
+    owner: str  # the customer id whose events spend the budget
     total_budget: float
     daily_budget: float
     currency: str
@@ -48,8 +58,12 @@ def parse_campaigns(text: str) -> list[Campaign]:
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise CampaignFileError(
-            [f"line 1: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}"]
+            [
+                f"line 1: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)} "
+                f"(and optionally {OWNER})"
+            ]
         )
+    owner_column = OWNER if OWNER in (reader.fieldnames or []) else "advertiser"
     campaigns, errors, seen = [], [], {}
     for row in reader:
         line = reader.line_num
@@ -60,6 +74,17 @@ def parse_campaigns(text: str) -> list[Campaign]:
         elif cid in seen:
             problems.append(f"campaign_id {cid} already on line {seen[cid]}")
         seen.setdefault(cid, line)
+        owner = (row[owner_column] or "").strip()
+        column = OWNER if owner_column == OWNER else "advertiser (the owner: no owner column)"
+        if not owner:
+            problems.append(f"{column} is empty")
+        elif not CUSTOMER_ID.fullmatch(owner):
+            # A display name as owner would match no sender: the campaign would never spend,
+            # so never pause.
+            problems.append(
+                f"{column} {owner!r} is not a customer id (1-63 lowercase letters, digits "
+                "or '-')" + ("" if owner_column == OWNER else "; add an owner column")
+            )
         budgets = {}
         for name in ("total_budget", "daily_budget"):
             try:
@@ -90,7 +115,8 @@ def parse_campaigns(text: str) -> list[Campaign]:
         campaigns.append(
             Campaign(
                 cid,
-                row["advertiser"].strip(),
+                (row["advertiser"] or "").strip(),
+                owner,
                 budgets["total_budget"],
                 budgets["daily_budget"],
                 currency.upper(),
@@ -104,13 +130,37 @@ def parse_campaigns(text: str) -> list[Campaign]:
     return campaigns
 
 
+class CampaignOwnerError(ValueError):
+    """The load would change the owner of existing campaigns. Nothing was loaded."""
+
+    def __init__(self, changes: list[str]) -> None:
+        super().__init__(
+            f"{len(changes)} campaign(s) already belong to another customer, nothing loaded:\n"
+            + "\n".join(changes)
+        )
+        self.changes = changes
+
+
 def load_campaigns(clickhouse: ClickHouse, campaigns: list[Campaign]) -> int:
-    """Upsert in one insert (one block: all rows or none). Returns the number loaded."""
+    """Upsert in one insert (one block: all rows or none). Returns the number loaded.
+
+    Refuses (``CampaignOwnerError``) a row whose campaign id exists with another owner: its
+    budget would start counting another customer's events.
+    """
+    owners = {c.campaign_id: c.owner for c in read_campaigns(clickhouse)}
+    changes = [
+        f"{c.campaign_id}: owned by {owners[c.campaign_id]}, the file says {c.owner}"
+        for c in campaigns
+        if owners.get(c.campaign_id, c.owner) != c.owner
+    ]
+    if changes:
+        raise CampaignOwnerError(changes)
     version = time.time_ns()
     rows = [
         [
             c.campaign_id,
             c.advertiser,
+            c.owner,
             c.total_budget,
             c.daily_budget,
             c.currency,
@@ -128,6 +178,7 @@ def load_campaigns(clickhouse: ClickHouse, campaigns: list[Campaign]) -> int:
             column_names=[
                 "campaign_id",
                 "advertiser",
+                "owner",
                 "total_budget",
                 "daily_budget",
                 "currency",
@@ -143,7 +194,8 @@ def load_campaigns(clickhouse: ClickHouse, campaigns: list[Campaign]) -> int:
 def read_campaigns(clickhouse: ClickHouse) -> list[Campaign]:
     with clickhouse.session() as client:
         result = client.query(
-            "SELECT campaign_id, advertiser, total_budget, daily_budget, currency, start_date, "
-            f"end_date, timezone FROM {clickhouse.database}.campaigns FINAL ORDER BY campaign_id"
+            "SELECT campaign_id, advertiser, owner, total_budget, daily_budget, currency, "
+            f"start_date, end_date, timezone FROM {clickhouse.database}.campaigns FINAL "
+            "ORDER BY campaign_id"
         )
     return [Campaign(*row) for row in result.result_rows]

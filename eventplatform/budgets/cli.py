@@ -11,7 +11,12 @@ import click
 import orjson
 from confluent_kafka import OFFSET_BEGINNING
 
-from eventplatform.budgets.campaigns import CampaignFileError, load_campaigns, parse_campaigns
+from eventplatform.budgets.campaigns import (
+    CampaignFileError,
+    CampaignOwnerError,
+    load_campaigns,
+    parse_campaigns,
+)
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.kafka.clients import make_consumer
 from eventplatform.settings import get_settings
@@ -31,7 +36,9 @@ def campaigns() -> None:
 @click.option("--sample", is_flag=True, help=f"Load the sample file ({SAMPLE_CAMPAIGNS.name}).")
 def load(csv_file: Path | None, sample: bool) -> None:
     """Upsert campaigns from CSV (columns: advertiser,campaign_id,total_budget,daily_budget,
-    currency,start,end,timezone). Any bad row: all reported by line, nothing loaded."""
+    currency,start,end,timezone and optionally owner, the customer id whose events spend the
+    budget; without it the advertiser is the owner). Any bad row, or a row that would give an
+    existing campaign another owner: all reported, nothing loaded."""
     if not csv_file and not sample:
         raise click.UsageError("give a CSV file or --sample")
     path = SAMPLE_CAMPAIGNS if sample else csv_file
@@ -40,30 +47,55 @@ def load(csv_file: Path | None, sample: bool) -> None:
     except CampaignFileError as exc:
         click.secho(f"error: {path}: {exc}", fg="red", err=True)
         sys.exit(1)
-    loaded = load_campaigns(platform_clickhouse(get_settings()), parsed)
+    settings = get_settings()
+    try:
+        loaded = load_campaigns(platform_clickhouse(settings), parsed)
+    except CampaignOwnerError as exc:
+        click.secho(f"error: {path}: {exc}", fg="red", err=True)
+        sys.exit(1)
     click.echo(f"loaded {loaded} campaigns from {path}")
+    if settings.customers_db.exists():
+        from eventplatform.collect.customers import CustomerStore
+
+        known = set(CustomerStore(settings.customers_db).customers())
+        for owner in sorted({c.owner for c in parsed} - known):
+            click.secho(
+                f"warning: owner {owner} is not a customer (eventplatform customers list): "
+                "its campaigns spend nothing until it sends events",
+                fg="yellow",
+                err=True,
+            )
 
 
 @campaigns.command("status")
 def status() -> None:
     """Every campaign's spend, budget, status and pacing, now."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from eventplatform.budgets.campaigns import read_campaigns
-    from eventplatform.budgets.spend import campaign_states, read_spend
+    from eventplatform.budgets.spend import campaign_states, foreign_cost_events, read_spend
 
-    clickhouse = platform_clickhouse(get_settings())
+    settings = get_settings()
+    clickhouse = platform_clickhouse(settings)
     now = datetime.now(UTC)
     states = campaign_states(read_campaigns(clickhouse), read_spend(clickhouse, now), now)
     click.echo(
-        f"{'campaign':<24} {'status':<13} {'spend today':>12} {'daily':>9} "
+        f"{'campaign':<24} {'owner':<16} {'status':<13} {'spend today':>12} {'daily':>9} "
         f"{'spend total':>12} {'total':>10} {'pacing':>7}"
     )
     for s in states:
         click.echo(
-            f"{s.campaign_id:<24} {s.status:<13} {s.spend_today:>12.2f} "
+            f"{s.campaign_id:<24} {s.owner:<16} {s.status:<13} {s.spend_today:>12.2f} "
             f"{s.daily_budget:>9.2f} {s.spend_total:>12.2f} {s.total_budget:>10.2f} "
             f"{s.pacing_pct:>6.0f}%"
+        )
+    window = settings.quality.window_minutes
+    for f in foreign_cost_events(clickhouse, now - timedelta(minutes=window), now):
+        click.secho(
+            f"not spent: {f.customer_id} sent {f.events} cost events ({f.cost:.2f}) in the "
+            f"last {window} min naming campaigns it does not own ({f.owned_by_others} "
+            f"another customer's, {f.not_loaded} not loaded): {', '.join(f.campaigns)}",
+            fg="yellow",
         )
 
 

@@ -1,9 +1,17 @@
 """Spend per campaign, rolled up from the landed cost-bearing events, and each one's status.
 
-Spend counts an event once even if it was landed or sent twice (grouped by event_id first),
-so a replayed batch or a sender's retry never bills twice. Daily spend is summed from
-15-minute buckets from the campaign's local midnight, so any IANA time zone (all offsets are
-whole quarter hours) resets at its own midnight.
+Only the campaign owner's events spend its budget: a cost event counts for campaign C when
+its customer_id is C's owner (campaigns.py). A cost event naming a campaign its sender does
+not own, or one that is not loaded, is never spent; ``foreign_cost_events`` counts them per
+customer for the ``foreign_campaign`` quality check. So one customer cannot exhaust (and so
+pause) another's campaign, and a campaign loaded later does not inherit events others sent.
+
+Spend counts an event once even if it was landed or sent twice: events are grouped by
+(customer_id, event_id) first, the first landed copy wins, so a replayed batch or a sender's
+retry never bills twice, and two customers that both number their events 1, 2, ... keep each
+other's events. Daily spend is summed from 15-minute buckets from the campaign's local
+midnight, so any IANA time zone (all offsets are whole quarter hours) resets at its own
+midnight.
 """
 
 from __future__ import annotations
@@ -38,12 +46,29 @@ class CampaignSpend:
 NO_SPEND = CampaignSpend(0.0, ())
 
 
-def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
-    db = clickhouse.database
-    deduplicated = (
-        "SELECT campaign_id, event_id, any(cost) AS event_cost, any(event_ts) AS event_time "
+def deduplicated_cost_events(db: str, where: str = "") -> str:
+    """One row per (customer_id, event_id) among the cost events: the first landed copy (by
+    landed_ts; copies landed together are one batch replayed, so alike)."""
+    return (
+        "SELECT customer_id, event_id, "
+        "assumeNotNull(argMin(campaign_id, landed_ts)) AS named_campaign, "
+        "argMin(cost, landed_ts) AS event_cost, argMin(event_ts, landed_ts) AS event_time "
         f"FROM {db}.events WHERE event_type IN {COST_EVENTS} AND cost > 0 "
-        "AND campaign_id IS NOT NULL GROUP BY campaign_id, event_id"
+        f"AND campaign_id IS NOT NULL {where} GROUP BY customer_id, event_id"
+    )
+
+
+def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
+    """Spend per campaign id, counting only the events of the campaign's owner."""
+    db = clickhouse.database
+    # A filter, not a join: the owned (customer, campaign) pairs are a small set, and the
+    # rows outside it are dropped before grouping (a join after it took 4x as long).
+    owned = (
+        f"AND (customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
+    )
+    deduplicated = (
+        "SELECT named_campaign AS campaign_id, event_cost, event_time "
+        f"FROM ({deduplicated_cost_events(db, owned)})"
     )
     recent = now - timedelta(hours=50)  # covers "today" in every time zone
     with clickhouse.session() as client:
@@ -63,9 +88,49 @@ def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend
 
 
 @dataclass(frozen=True)
+class ForeignCostEvents:
+    """A customer's cost events that name campaigns it does not own: never spent."""
+
+    customer_id: str
+    events: int
+    cost: float
+    owned_by_others: int  # of events: naming a campaign another customer owns
+    not_loaded: int  # of events: naming a campaign id that is not loaded
+    campaigns: tuple[str, ...]  # a few of the campaign ids named (at most 10)
+
+
+def foreign_cost_events(
+    clickhouse: ClickHouse, since: datetime, until: datetime
+) -> list[ForeignCostEvents]:
+    """Per customer, the distinct cost events received in [since, until) that name a
+    campaign the sender does not own, against the campaigns loaded now."""
+    db = clickhouse.database
+    window = "AND received_ts >= %(since)s AND received_ts < %(until)s"
+    sql = (
+        "SELECT d.customer_id, count(), sum(d.event_cost), countIf(c.owner != ''), "
+        "countIf(c.owner = ''), groupUniqArray(10)(d.named_campaign) "
+        f"FROM ({deduplicated_cost_events(db, window)}) AS d "
+        f"LEFT JOIN (SELECT campaign_id, owner FROM {db}.campaigns FINAL) AS c "
+        "ON c.campaign_id = d.named_campaign "
+        "WHERE c.owner != d.customer_id GROUP BY d.customer_id ORDER BY d.customer_id"
+    )
+    bounds = {
+        "since": since.astimezone(UTC).replace(tzinfo=None),
+        "until": until.astimezone(UTC).replace(tzinfo=None),
+    }
+    with clickhouse.session() as client:
+        rows = client.query(sql, parameters=bounds).result_rows
+    return [
+        ForeignCostEvents(customer, n, round(cost, 6), others, unknown, tuple(sorted(names)))
+        for customer, n, cost, others, unknown, names in rows
+    ]
+
+
+@dataclass(frozen=True)
 class CampaignState:
     campaign_id: str
     advertiser: str
+    owner: str
     status: str
     reason: str
     spend_total: float
@@ -104,6 +169,7 @@ def campaign_state(campaign: Campaign, spend: CampaignSpend, now: datetime) -> C
     return CampaignState(
         campaign.campaign_id,
         campaign.advertiser,
+        campaign.owner,
         status,
         reason,
         round(spend.total, 6),

@@ -10,28 +10,33 @@ grace period is journaled and delivered at the next start (``journal.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 import threading
 import time
-import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import orjson
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from eventplatform.collect.customers import CachedAuthenticator, CustomerStore
+from eventplatform.collect.customers import AuthBusy, CachedAuthenticator, CustomerStore
 from eventplatform.collect.intake import (
     BodyError,
     BufferFull,
     Intake,
-    parse_body,
+    IntakeResult,
+    TooLarge,
     producer_limits,
+    read_body,
 )
 from eventplatform.collect.journal import DeliveryJournal, producer_settings
 from eventplatform.collect.metrics import Metrics
@@ -49,10 +54,77 @@ log = logging.getLogger("eventplatform.collect")
 # 100 events); a large one, or one that may have to wait for room in the producer's buffer,
 # goes to a thread so that the loop keeps answering.
 INLINE_MAX_EVENTS = 1000
+# An uncompressed body up to this size (a few 100 events; under 1 ms of parsing) is read and
+# parsed on the event loop too, events counted before any is built. A larger or
+# gzip one, whose inflating and parsing may take 100s of ms, waits for its customer's turn
+# and a worker thread (Admission): one customer's large bodies never hold the loop.
+INLINE_MAX_BODY_BYTES = 64 * 1024
 
 
-class _BodyTooLarge(Exception):
-    pass
+class Refused(Exception):
+    """A request refused before its work: the status, the message, the headers."""
+
+    def __init__(self, status: int, message: str, **headers: str) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+class Admission:
+    """Bounds on the heavy work (gzip or large bodies) per customer and overall.
+
+    A request first waits for its customer's turn (``per_customer`` at once), then reads its
+    body, then waits for a worker's turn (``overall`` at once, all customers) to inflate,
+    parse and validate it in a thread. A customer over its share waits behind its own
+    requests only; one that uploads slowly holds its own turn, not a worker's; usual small
+    batches do not queue at all. A request waiting for its customer's turn has not read its
+    body (little memory); beyond ``queue`` of them the answer is 429 at once, and a turn not
+    given in ``wait_s`` is 503.
+    """
+
+    def __init__(self, overall: int, per_customer: int, queue: int, wait_s: float) -> None:
+        self.overall = asyncio.Semaphore(overall)
+        self.per_customer, self.queue, self.wait_s = per_customer, queue, wait_s
+        self._mine: dict[str, asyncio.Semaphore] = {}
+        self._waiting: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def customer_turn(self, customer: str) -> AsyncIterator[None]:
+        mine = self._mine.setdefault(customer, asyncio.Semaphore(self.per_customer))
+        waiting = self._waiting.get(customer, 0)
+        if waiting >= self.queue:
+            raise Refused(
+                429,
+                f"{customer} has {waiting} large or gzip requests waiting already; "
+                "nothing was accepted",
+                **{"Retry-After": "1"},
+            )
+        self._waiting[customer] = waiting + 1
+        counted = True
+        try:
+            async with _acquired(mine, self.wait_s):
+                self._waiting[customer] -= 1
+                counted = False
+                yield
+        finally:
+            if counted:
+                self._waiting[customer] -= 1
+
+    def worker_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return _acquired(self.overall, self.wait_s)
+
+
+@contextlib.asynccontextmanager
+async def _acquired(semaphore: asyncio.Semaphore, timeout_s: float) -> AsyncIterator[None]:
+    try:
+        await asyncio.wait_for(semaphore.acquire(), timeout_s)
+    except TimeoutError:
+        raise Refused(
+            503, "the collector is busy with large requests; retry later", **{"Retry-After": "2"}
+        ) from None
+    try:
+        yield
+    finally:
+        semaphore.release()
 
 
 class Collector:
@@ -78,8 +150,18 @@ class Collector:
             self.metrics,
             c.producer_max_messages,
             max_buffered_bytes=max_bytes,
+            policy=settings.event_policy,
+            max_event_bytes=c.max_event_bytes,
+            dlq_max_value_bytes=c.dlq_max_value_bytes,
         )
-        self.authenticate = CachedAuthenticator(CustomerStore(settings.customers_db), c.key_cache_s)
+        self.authenticate = CachedAuthenticator(
+            CustomerStore(settings.customers_db),
+            c.key_cache_s,
+            c.auth_negative_cache_size,
+            c.auth_max_pending_lookups,
+        )
+        self.admission: Admission | None = None  # made on the event loop (lifespan)
+        self.sync_waits: dict[str, int] = {}
         # Accepted means delivered: what the broker does not take is kept, never dropped.
         self.journal = DeliveryJournal(settings.collector_journal_dir, self.producer, self.metrics)
         self.intake.keep = self.journal.keep
@@ -131,32 +213,41 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge(f"body of {declared} bytes; the limit is {limit}")
+        raise TooLarge(f"body of {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLarge(f"body over the limit of {limit} bytes")
+            raise TooLarge(f"body over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+@contextlib.contextmanager
+def _sync_slot(collector: Collector, customer: str, sync: bool) -> Iterator[None]:
+    """One of the customer's ?sync=true waits, or 429 before anything is read: a sync
+    request holds its connection for up to EP_COLLECTOR_SYNC_TIMEOUT_S."""
+    if not sync:
+        yield
+        return
+    cap = collector.settings.collector.sync_max_per_customer
+    waits = collector.sync_waits.get(customer, 0)
+    if waits >= cap:
+        raise Refused(
+            429,
+            f"{customer} has {waits} ?sync=true requests waiting for the broker (the limit "
+            f"is {cap}); nothing was accepted",
+            **{"Retry-After": "1"},
+        )
+    collector.sync_waits[customer] = waits + 1
     try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BodyError(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise _BodyTooLarge(f"body over {limit} bytes once decompressed")
-    if not inflater.eof:
-        raise BodyError("gzip body is truncated")
-    return out
+        yield
+    finally:
+        collector.sync_waits[customer] -= 1
 
 
 async def post_events(request: Request) -> Response:
     collector: Collector = request.app.state.collector
-    c = collector.settings.collector
     metrics = collector.metrics
 
     def answer(response: Response) -> Response:
@@ -165,7 +256,14 @@ async def post_events(request: Request) -> Response:
 
     auth = request.headers.get("authorization", "")
     scheme, _, api_key = auth.partition(" ")
-    customer = collector.authenticate(api_key.strip()) if scheme.lower() == "bearer" else None
+    try:
+        customer = (
+            await collector.authenticate(api_key.strip()) if scheme.lower() == "bearer" else None
+        )
+    except AuthBusy as exc:
+        return answer(
+            _error(503, f"too many keys being checked ({exc}); retry later", **{"Retry-After": "1"})
+        )
     if customer is None:
         return answer(
             _error(
@@ -174,63 +272,44 @@ async def post_events(request: Request) -> Response:
                 **{"WWW-Authenticate": "Bearer"},
             )
         )
-    try:
-        body = await _read_body(request, c.max_body_bytes)
-        checksum = request.headers.get("x-content-sha256")
-        if checksum is not None and hashlib.sha256(body).hexdigest() != checksum.strip().lower():
-            return answer(
-                _error(
-                    400, "X-Content-SHA256 does not match the body as sent; nothing was accepted"
-                )
-            )
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding == "gzip":
-            body = _gunzip(body, c.max_decompressed_bytes)
-        elif encoding not in ("identity", ""):
-            return answer(_error(415, f"Content-Encoding {encoding} is not supported (gzip is)"))
-        pairs = parse_body(body, request.headers.get("content-type", ""), c.max_events_per_request)
-    except _BodyTooLarge as exc:
-        return answer(_error(413, str(exc)))
-    except BodyError as exc:
-        return answer(_error(400, f"{exc}; nothing was accepted"))
-
-    decision = collector.intake.quotas.decide(customer, len(pairs))
-    if not decision.allowed:
-        return answer(
-            _error(
-                429,
-                f"{customer} is over its hard cap of {c.hard_cap_per_s:g} "
-                "events/s; nothing was accepted",
-                **{"Retry-After": str(decision.retry_after_s)},
-            )
-        )
     sync = request.query_params.get("sync", "").lower() in ("1", "true", "yes")
     try:
-        accept = (customer, pairs, decision.to_raw, sync)
-        if len(pairs) <= INLINE_MAX_EVENTS and collector.buffer_has_room():
-            result = collector.intake.accept(*accept)
-        else:
-            result = await run_in_threadpool(collector.intake.accept, *accept)
-    except BufferFull as exc:
-        metrics.inc("collector_buffer_full_total")
-        return answer(
-            _error(
-                503,
-                f"the platform is busy ({exc}); retry later",
-                **{"Retry-After": str(c.retry_after_s)},
-            )
-        )
-    payload = {
-        "customer_id": customer,
-        "received": len(pairs),
-        "accepted": result.accepted,
-        "overflowed": result.overflowed,
-        "rejected": [{"index": r.index, "errors": r.errors} for r in result.rejected],
-        "event_ids": result.event_ids,
-    }
+        with _sync_slot(collector, customer, sync):
+            return answer(await _take(request, collector, customer, sync))
+    except Refused as exc:
+        return answer(_error(exc.status, str(exc), **exc.headers))
+
+
+async def _take(request: Request, collector: Collector, customer: str, sync: bool) -> Response:
+    """Read, check and produce one request's batch: small ones on the loop, the rest in a
+    worker thread in the customer's turn."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip"):
+        return _error(415, f"Content-Encoding {encoding} is not supported (gzip is)")
+    gzip = encoding == "gzip"
+    declared = request.headers.get("content-length", "")
+    limit = collector.settings.collector.max_body_bytes
+    if declared.isdigit() and int(declared) > limit:  # refused before any turn is waited for
+        return _error(413, f"body of {declared} bytes; the limit is {limit}; nothing was accepted")
+    small = not gzip and declared.isdigit() and int(declared) <= INLINE_MAX_BODY_BYTES
+    if small:
+        taken = await _batch(request, collector, customer, sync, gzip, inline=True)
+    else:
+        assert collector.admission is not None
+        async with collector.admission.customer_turn(customer):
+            taken = await _batch(request, collector, customer, sync, gzip, inline=False)
+    if isinstance(taken, Response):
+        return taken
+    payload, result = taken
     status = 202
-    if sync and result.delivery is not None:
-        done = await run_in_threadpool(result.delivery.wait, c.sync_timeout_s)
+    if sync and result.delivery is not None:  # out of the turn: a wait takes no one's turn
+        try:  # no thread held: the delivery callback completes the future
+            await asyncio.wait_for(
+                result.delivery.future(), collector.settings.collector.sync_timeout_s
+            )
+            done = True
+        except TimeoutError:
+            done = False
         payload["delivery"] = {
             "complete": done,
             "failed": result.delivery.failed,
@@ -240,7 +319,82 @@ async def post_events(request: Request) -> Response:
             status = 504
         elif result.delivery.failed:
             status = 502
-    return answer(_EventsAnswer(payload, status_code=status))
+    return _EventsAnswer(payload, status_code=status)
+
+
+async def _batch(
+    request: Request, collector: Collector, customer: str, sync: bool, gzip: bool, inline: bool
+) -> Response | tuple[dict[str, Any], IntakeResult]:
+    """The batch read, checked and produced: its answer's payload and the intake's result,
+    or the error answer (nothing kept). A large one in a worker's turn, once read."""
+    c = collector.settings.collector
+    try:
+        body = await _read_body(request, c.max_body_bytes)
+    except TooLarge as exc:
+        return _error(413, f"{exc}; nothing was accepted")
+    checksum = request.headers.get("x-content-sha256")
+    if checksum is not None and hashlib.sha256(body).hexdigest() != checksum.strip().lower():
+        return _error(400, "X-Content-SHA256 does not match the body as sent; nothing was accepted")
+    content_type = request.headers.get("content-type", "")
+    if inline:
+        return await _work(collector, customer, body, gzip, content_type, sync, inline)
+    assert collector.admission is not None
+    async with collector.admission.worker_turn():
+        return await _work(collector, customer, body, gzip, content_type, sync, inline)
+
+
+async def _work(
+    collector: Collector,
+    customer: str,
+    body: bytes,
+    gzip: bool,
+    content_type: str,
+    sync: bool,
+    inline: bool,
+) -> Response | tuple[dict[str, Any], IntakeResult]:
+    c = collector.settings.collector
+    read = (c.max_decompressed_bytes, c.max_events_per_request, c.max_event_bytes)
+    try:
+        if inline:
+            pairs = read_body(body, gzip, content_type, *read)
+        else:
+            pairs = await run_in_threadpool(read_body, body, gzip, content_type, *read)
+        del body
+    except TooLarge as exc:
+        return _error(413, f"{exc}; nothing was accepted")
+    except BodyError as exc:
+        return _error(400, f"{exc}; nothing was accepted")
+
+    decision = collector.intake.quotas.decide(customer, len(pairs))
+    if not decision.allowed:
+        return _error(
+            429,
+            f"{customer} is over its hard cap of {c.hard_cap_per_s:g} "
+            "events/s; nothing was accepted",
+            **{"Retry-After": str(decision.retry_after_s)},
+        )
+    try:
+        accept = (customer, pairs, decision.to_raw, sync)
+        if inline and len(pairs) <= INLINE_MAX_EVENTS and collector.buffer_has_room():
+            result = collector.intake.accept(*accept)
+        else:
+            result = await run_in_threadpool(collector.intake.accept, *accept)
+    except BufferFull as exc:
+        collector.metrics.inc("collector_buffer_full_total")
+        return _error(
+            503,
+            f"the platform is busy ({exc}); retry later",
+            **{"Retry-After": str(c.retry_after_s)},
+        )
+    payload = {
+        "customer_id": customer,
+        "received": len(pairs),
+        "accepted": result.accepted,
+        "overflowed": result.overflowed,
+        "rejected": [{"index": r.index, "errors": r.errors} for r in result.rejected],
+        "event_ids": result.event_ids,
+    }
+    return payload, result
 
 
 async def healthz(request: Request) -> Response:
@@ -269,6 +423,10 @@ async def metrics_endpoint(request: Request) -> Response:
         "collector_producer_buffer_fill", len(collector.producer) / c.producer_max_messages
     )
     collector.metrics.set_gauge("collector_producer_buffer_bytes", collector.intake.buffered_bytes)
+    auth = collector.authenticate
+    collector.metrics.set_gauge("collector_auth_unknown_keys_cached", auth.unknown_cached)
+    collector.metrics.set_gauge("collector_auth_lookups", auth.lookups)
+    collector.metrics.set_gauge("collector_sync_waits", sum(collector.sync_waits.values()))
     return PlainTextResponse(collector.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -276,8 +434,43 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+class _AdminServer(uvicorn.Server):
+    """The admin listener, served on the worker's own loop beside the public one: signals
+    stay the public server's (it stops taking requests, then the lifespan stops this)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _admin_socket(host: str, port: int) -> socket.socket:
+    """The admin listener's socket. SO_REUSEPORT: with EP_COLLECTOR_WORKERS=N each worker
+    binds it and a scrape is answered by one of them, as the public port did before."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def admin_app(collector: Collector) -> Starlette:
+    """/metrics (customer names and volumes), /readyz (a broker call per hit) and
+    /openapi.json: operations only, never on the public listener."""
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/openapi.json", openapi),
+        ]
+    )
+    app.state.collector = collector
+    return app
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI app (uvicorn's factory: one Collector per worker process)."""
+    """The ASGI app (uvicorn's factory: one Collector per worker process). Its lifespan
+    also serves the admin app on EP_COLLECTOR_ADMIN_HOST:EP_COLLECTOR_ADMIN_PORT."""
     settings = settings or get_settings()
     platform_log = logging.getLogger("eventplatform")
     if not platform_log.handlers:  # each uvicorn worker process logs like uvicorn does
@@ -288,18 +481,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.collector = Collector(settings)
+        c = settings.collector
+        collector = app.state.collector = Collector(settings)
+        collector.admission = Admission(
+            c.heavy_concurrency, c.heavy_per_customer, c.heavy_queue_per_customer, c.heavy_wait_s
+        )
         app.state.started = time.time()
-        yield
-        await run_in_threadpool(app.state.collector.close)
+        admin = _AdminServer(
+            uvicorn.Config(admin_app(collector), lifespan="off", log_config=None, access_log=False)
+        )
+        serving = asyncio.create_task(admin.serve([_admin_socket(c.admin_host, c.admin_port)]))
+        log.info("admin listener (/metrics, /readyz) on http://%s:%d", c.admin_host, c.admin_port)
+        try:
+            yield
+        finally:
+            admin.should_exit = True
+            await serving
+            collector.authenticate.close()
+            await run_in_threadpool(collector.close)
 
     return Starlette(
         routes=[
             Route("/v1/events", post_events, methods=["POST"]),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
-            Route("/openapi.json", openapi),
         ],
         lifespan=lifespan,
     )

@@ -79,10 +79,24 @@ def customers_revoke(key_id: str) -> None:
 @click.option("--host", default=None, help="Default: EP_COLLECTOR_HOST.")
 @click.option("--port", type=int, default=None, help="Default: EP_COLLECTOR_PORT.")
 @click.option("--workers", type=int, default=None, help="Default: EP_COLLECTOR_WORKERS.")
-def collect(host: str | None, port: int | None, workers: int | None) -> None:
+@click.option(
+    "--admin-port",
+    type=int,
+    default=None,
+    help="/metrics, /readyz, /openapi.json. Default: EP_COLLECTOR_ADMIN_PORT (on "
+    "EP_COLLECTOR_ADMIN_HOST, loopback).",
+)
+def collect(
+    host: str | None, port: int | None, workers: int | None, admin_port: int | None
+) -> None:
     """Run the HTTP collector until SIGTERM/Ctrl-C (then it flushes every accepted event)."""
+    import os
+
     import uvicorn
 
+    if admin_port is not None:  # the app (in each worker) reads it from the settings
+        os.environ["EP_COLLECTOR_ADMIN_PORT"] = str(admin_port)
+        get_settings.cache_clear()
     c = get_settings().collector
     uvicorn.run(
         "eventplatform.collect.app:create_app",
@@ -145,6 +159,9 @@ def ingest(ndjson_file: Path, customer: str, batch: int, wait_s: float) -> None:
         max_messages,
         source="replay",
         max_buffered_bytes=max_bytes,
+        policy=settings.event_policy,
+        max_event_bytes=settings.collector.max_event_bytes,
+        dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )
     journal = DeliveryJournal(settings.collector_journal_dir, producer, metrics)
     intake.keep = journal.keep
@@ -167,7 +184,12 @@ def ingest(ndjson_file: Path, customer: str, batch: int, wait_s: float) -> None:
                     if line.strip():
                         lines.append(line)
                 if lines and (line is None or len(lines) >= batch):
-                    pairs = parse_body(b"\n".join(lines), "application/x-ndjson", len(lines))
+                    pairs = parse_body(
+                        b"\n".join(lines),
+                        "application/x-ndjson",
+                        len(lines),
+                        settings.collector.max_event_bytes,
+                    )
                     # A broker that is down slows the replay down to a stop; it waits.
                     result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=infinite)
                     taken_lines = read_lines

@@ -7,12 +7,17 @@ once, when it is made. The customer of a request comes from its key, never from 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +63,10 @@ class CustomerStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The key hashes are for this user only: created 0600 whatever the umask (SQLite
+        # gives its -wal and -shm files the database file's mode).
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self._local = threading.local()
         with self._connect() as db:
             db.executescript(SCHEMA)
 
@@ -115,36 +124,98 @@ class CustomerStore:
             return [r[0] for r in db.execute("SELECT customer_id FROM customers ORDER BY 1")]
 
     def authenticate(self, api_key: str) -> str | None:
-        """The customer of an active key, or None."""
+        """The customer of an active key, or None. One connection per thread, kept: a
+        lookup is then a primary-key read, not a file open."""
         match = KEY_FORMAT.fullmatch(api_key)
         if not match:
             return None
         key_id, secret = match.groups()
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT customer_id, secret_hash FROM api_keys WHERE key_id = ? "
-                "AND revoked_at IS NULL",
-                (key_id,),
-            ).fetchone()
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=10)
+        row = db.execute(
+            "SELECT customer_id, secret_hash FROM api_keys WHERE key_id = ? AND revoked_at IS NULL",
+            (key_id,),
+        ).fetchone()
         if row is None or not hmac.compare_digest(row[1], _hash(secret)):
             return None
         return row[0]
 
 
+class AuthBusy(RuntimeError):
+    """Too many key lookups waiting: an unknown key is answered 503 without one."""
+
+
 class CachedAuthenticator:
-    """Authenticates from memory for a few seconds: the hot path does no SQLite per request."""
+    """Authenticates from memory for ``ttl_s``: the hot path does no SQLite per request.
 
-    def __init__(self, store: CustomerStore, ttl_s: float) -> None:
+    A miss is looked up in a thread, never on the event loop (SQLite may wait up to its
+    10 s busy timeout for a writer). Keys known to be valid are refreshed on their own
+    thread, so a flood of unknown keys queued on the other never delays a customer. Unknown
+    keys are remembered (at most ``negative_max``, oldest forgotten first) so that the same
+    wrong key costs one lookup per ``ttl_s``, and at most ``max_pending`` lookups wait.
+    """
+
+    def __init__(
+        self,
+        store: CustomerStore,
+        ttl_s: float,
+        negative_max: int = 10_000,
+        max_pending: int = 256,
+    ) -> None:
         self.store, self.ttl_s = store, ttl_s
-        self._cache: dict[str, tuple[str | None, float]] = {}
+        self.negative_max, self.max_pending = negative_max, max_pending
+        self._known: dict[str, tuple[str, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Future[str | None]] = {}
+        self._refresh = ThreadPoolExecutor(1, thread_name_prefix="auth-known")
+        self._lookup = ThreadPoolExecutor(1, thread_name_prefix="auth-unknown")
+        self.lookups = 0
 
-    def __call__(self, api_key: str) -> str | None:
+    @property
+    def unknown_cached(self) -> int:
+        return len(self._unknown)
+
+    async def __call__(self, api_key: str) -> str | None:
+        if not KEY_FORMAT.fullmatch(api_key):
+            return None  # malformed: no lookup, nothing remembered
         now = time.monotonic()
-        hit = self._cache.get(api_key)
-        if hit is not None and now - hit[1] < self.ttl_s:
-            return hit[0]
-        customer = self.store.authenticate(api_key)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[api_key] = (customer, now)
-        return customer
+        known = self._known.get(api_key)
+        if known is not None and now - known[1] < self.ttl_s:
+            return known[0]
+        seen = self._unknown.get(api_key)
+        if seen is not None and now - seen < self.ttl_s:
+            return None
+        future = self._in_flight.get(api_key)
+        if future is None:
+            if known is None and len(self._in_flight) >= self.max_pending:
+                raise AuthBusy(f"{len(self._in_flight)} key lookups waiting")
+            executor = self._refresh if known is not None else self._lookup
+            future = asyncio.get_running_loop().run_in_executor(
+                executor, self.store.authenticate, api_key
+            )
+            self._in_flight[api_key] = future
+            future.add_done_callback(lambda f: self._looked_up(api_key, f))
+        return await asyncio.shield(future)
+
+    def _looked_up(self, api_key: str, future: asyncio.Future[str | None]) -> None:
+        self._in_flight.pop(api_key, None)
+        self.lookups += 1
+        if future.cancelled() or future.exception() is not None:
+            return
+        customer, now = future.result(), time.monotonic()
+        if customer is None:
+            self._known.pop(api_key, None)
+            self._unknown[api_key] = now
+            self._unknown.move_to_end(api_key)
+            while len(self._unknown) > self.negative_max:
+                self._unknown.popitem(last=False)
+        else:
+            self._unknown.pop(api_key, None)
+            if len(self._known) > 10_000:  # only valid keys get here: a customer's rotations
+                self._known.clear()
+            self._known[api_key] = (customer, now)
+
+    def close(self) -> None:
+        self._refresh.shutdown(wait=False, cancel_futures=True)
+        self._lookup.shutdown(wait=False, cancel_futures=True)

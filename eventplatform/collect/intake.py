@@ -9,21 +9,32 @@ can wait for its own events' delivery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Producer
 
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
-from eventplatform.events import DecodeError, EventCodec, EventValidator
-from eventplatform.kafka.dlq import DeadLetter
+from eventplatform.events import (
+    DecodeError,
+    EventCodec,
+    EventPolicy,
+    EventValidator,
+    dead_letter_reason,
+)
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +63,15 @@ class IntakeResult:
 
 
 class DeliveryWaiter:
-    """Counts down a request's messages as the broker acknowledges them."""
+    """Counts down a request's messages as the broker acknowledges them. An HTTP request
+    waits on ``future()`` (no thread held for the wait); a replay on ``wait()``."""
 
     def __init__(self, expected: int) -> None:
         self.pending = expected
         self.failed: list[str] = []
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self._future: asyncio.Future[None] | None = None
         if expected == 0:
             self._done.set()
 
@@ -69,48 +82,201 @@ class DeliveryWaiter:
             self.pending -= 1
             if self.pending <= 0:
                 self._done.set()
+                future = self._future
+                if future is not None:  # delivery callbacks run on the producer's poller
+                    future.get_loop().call_soon_threadsafe(_resolve, future)
 
     def wait(self, timeout_s: float) -> bool:
         return self._done.wait(timeout_s)
 
+    def future(self) -> asyncio.Future[None]:
+        """Done once every message is acknowledged or failed, on the running loop."""
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._done.is_set():
+                future.set_result(None)
+            else:
+                self._future = future
+        return future
 
-def parse_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, bytes | None]]:
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class TooLarge(BodyError):
+    """Over a size limit (bytes as sent or inflated, or events in the body): 413."""
+
+
+# One NDJSON line with something in it (from its first non-blank byte to its end): found
+# and counted by the regex engine, so blank lines cost no Python objects.
+_LINE = re.compile(rb"\S[^\n]*")
+# A JSON string (escapes included): removed before array elements are counted.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"[]{},")
+_OPEN, _CLOSE, _COMMA = pa.scalar(1, pa.int8()), pa.scalar(-1, pa.int8()), ord(",")
+_ARRAY_START = re.compile(rb"\s*\[")
+_INFLATE_CHUNK = 256 * 1024
+# A body under this is parsed first and counted after: at most a few 10,000 small objects,
+# cheaper than a counting pass over the usual batch.
+_COUNT_FIRST_BYTES = 64 * 1024
+
+
+def count_lines(text: bytes, stop_after: int) -> int:
+    """NDJSON events (non-blank lines) in ``text``, counting no further than ``stop_after``."""
+    n = 0
+    for n, _ in enumerate(_LINE.finditer(text), 1):
+        if n > stop_after:
+            break
+    return n
+
+
+def count_elements(text: bytes, stop_after: int) -> int:
+    """Top-level elements of the JSON array ``text`` (an upper bound, exact when over
+    ``stop_after``) without building them: a body of
+    millions of ``{}`` would take GiBs and seconds as Python objects. Strings go first (a
+    comma in one is not a separator), then the depth of each remaining bracket is a
+    cumulative sum (Arrow, in C), and the separators are the commas at depth 1. At most
+    ``stop_after`` + 1 is exact; assumes valid JSON (orjson then checks that)."""
+    if text.count(b",") < stop_after:  # the usual batch: commas bound the elements
+        return min(stop_after, text.count(b",") + 1)
+    structure = _STRING.sub(b"0", text).translate(None, _NOT_STRUCTURE)
+    commas, depth = 0, 0
+    for start in range(0, len(structure), 1 << 20):
+        piece = structure[start : start + (1 << 20)]
+        codes = pa.Array.from_buffers(pa.uint8(), len(piece), [None, pa.py_buffer(piece)])
+        step = pc.if_else(
+            pc.is_in(codes, pa.array(b"[{", pa.uint8())),
+            _OPEN,
+            pc.if_else(
+                pc.is_in(codes, pa.array(b"]}", pa.uint8())), _CLOSE, pa.scalar(0, pa.int8())
+            ),
+        )
+        depths = pc.add(pc.cumulative_sum(pc.cast(step, pa.int32())), depth)
+        at_top = pc.and_(pc.equal(codes, _COMMA), pc.equal(depths, 1))
+        commas += pc.sum(pc.cast(at_top, pa.int32())).as_py() or 0
+        depth = depths[-1].as_py()
+        if commas >= stop_after:
+            break
+    empty = structure[:2] == b"[]"
+    return 0 if empty else commas + 1
+
+
+def inflate(body: bytes, max_bytes: int, content_type: str = "", max_events: int = 0) -> bytes:
+    """Every member of a gzip body (RFC 1952 allows several; ``cat a.gz b.gz`` makes them),
+    inflated a chunk at a time so that a bomb stops at ``max_bytes``, and an NDJSON one
+    (with ``max_events``) as soon as it has more lines than that: a 20 KB body of 20 MiB of
+    ``{}`` lines is refused after its first chunk, without inflating the rest."""
+    out: list[bytes] = []
+    size, lines = 0, 0
+    tail: list[bytes] = []  # the line not yet ended, counted once its newline comes
+    count: bool | None = None if max_events else False  # None: not known before content
+    data = body
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while True:
+        try:
+            chunk = inflater.decompress(data, _INFLATE_CHUNK)
+        except zlib.error as exc:
+            raise BodyError(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"body over {max_bytes} bytes once decompressed")
+        if chunk:
+            out.append(chunk)
+            if count is None and chunk.strip():
+                count = is_ndjson(b"".join(out), content_type)
+            if count:  # each line counted once, however the chunks cut it
+                cut = chunk.rfind(b"\n")
+                if cut < 0:
+                    tail.append(chunk)
+                else:
+                    lines += count_lines(b"".join([*tail, chunk[:cut]]), max_events - lines)
+                    tail = [chunk[cut + 1 :]]
+                    if lines > max_events:
+                        raise TooLarge(f"more than {max_events} events in one request")
+        data = inflater.unconsumed_tail
+        if inflater.eof:
+            rest = inflater.unused_data
+            if not rest:
+                break
+            if rest[:2] != b"\x1f\x8b":
+                raise BodyError("gzip body has trailing bytes that are not a gzip member")
+            inflater, data = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
+        elif not data and not chunk:
+            raise BodyError("gzip body is truncated")
+    return b"".join(out)
+
+
+def is_ndjson(body: bytes, content_type: str) -> bool:
+    """NDJSON when it says so, or when the body does not start as a JSON array."""
+    return "ndjson" in content_type or _ARRAY_START.match(body) is None
+
+
+def parse_body(
+    body: bytes, content_type: str, max_events: int, max_event_bytes: int = 1 << 30
+) -> list[tuple[Any, bytes | None]]:
     """(event, its bytes) pairs from a JSON array or NDJSON body.
 
-    NDJSON lines are kept as sent. A JSON array's elements come with None: the few that are
-    dead-lettered are re-serialized then (same JSON, maybe not the same whitespace). A line
-    that is not JSON is an event that fails, not a body that fails.
+    The events are counted before any is built (TooLarge over ``max_events``). NDJSON lines
+    are kept as sent; a line over ``max_event_bytes`` is not parsed (an event rejected as
+    too large). A JSON array's elements come with None: the few that are dead-lettered are
+    re-serialized then (same JSON, maybe not the same whitespace). A line that is not JSON is
+    an event that fails, not a body that fails.
     """
-    text = body.strip()
-    if not text:
+    if not body or body.isspace():
         raise BodyError("empty body: send a JSON array of events or NDJSON")
-    ndjson = "ndjson" in content_type or "x-ndjson" in content_type or not text.startswith(b"[")
-    if not ndjson:
+    count_first = len(body) > _COUNT_FIRST_BYTES
+    if not is_ndjson(body, content_type):
+        if count_first and count_elements(body, max_events) > max_events:
+            raise TooLarge(f"more than {max_events} events in one request")
         try:
-            items = orjson.loads(text)
+            items = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise BodyError(f"body is not valid JSON: {exc}") from None
         if not isinstance(items, list):
             raise BodyError("body must be a JSON array of events (or NDJSON)")
-        pairs = [(item, None) for item in items]
-    else:
-        pairs = []
-        for line in text.split(b"\n"):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                pairs.append((orjson.loads(line), line))
-            except orjson.JSONDecodeError as exc:
-                pairs.append((_NotJson(str(exc)), line))
-    if len(pairs) > max_events:
-        raise BodyError(f"{len(pairs)} events in one request; the limit is {max_events}")
+        if len(items) > max_events:
+            raise TooLarge(f"{len(items)} events in one request; the limit is {max_events}")
+        return [(item, None) for item in items]
+    if count_first and count_lines(body, max_events) > max_events:
+        raise TooLarge(f"more than {max_events} events in one request")
+    pairs: list[tuple[Any, bytes | None]] = []
+    for match in _LINE.finditer(body):
+        if len(pairs) == max_events:
+            raise TooLarge(f"more than {max_events} events in one request")
+        line = match.group().rstrip()
+        if len(line) > max_event_bytes:
+            pairs.append(
+                (_NotJson(f"{len(line)} bytes; the limit is {max_event_bytes}", "too large"), line)
+            )
+            continue
+        try:
+            pairs.append((orjson.loads(line), line))
+        except orjson.JSONDecodeError as exc:
+            pairs.append((_NotJson(str(exc)), line))
     return pairs
+
+
+def read_body(
+    body: bytes,
+    gzip: bool,
+    content_type: str,
+    max_decompressed: int,
+    max_events: int,
+    max_event_bytes: int,
+) -> list[tuple[Any, bytes | None]]:
+    """A request body as sent into (event, bytes) pairs, every limit enforced as early as it
+    can be: the whole of a large or gzip request's work, done off the event loop."""
+    if gzip:
+        body = inflate(body, max_decompressed, content_type, max_events)
+    return parse_body(body, content_type, max_events, max_event_bytes)
 
 
 @dataclass(frozen=True)
 class _NotJson:
     error: str
+    what: str = "not valid JSON"
 
 
 class Intake:
@@ -125,6 +291,9 @@ class Intake:
         max_buffered: int,
         source: str = "http",
         max_buffered_bytes: int = 1 << 30,
+        policy: EventPolicy | None = None,
+        max_event_bytes: int = 900_000,
+        dlq_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         """``max_buffered`` messages and ``max_buffered_bytes`` of message values may wait
         for the broker; the producer's own limits must sit above these (see
@@ -134,7 +303,8 @@ class Intake:
         self.quotas, self.metrics = quotas, metrics
         self.max_buffered, self.max_buffered_bytes = max_buffered, max_buffered_bytes
         self.source = source
-        self.codec, self.validator = EventCodec(), EventValidator()
+        self.max_event_bytes, self.dlq_max_value_bytes = max_event_bytes, dlq_max_value_bytes
+        self.codec, self.validator = EventCodec(), EventValidator(policy=policy)
         self.delivery_failures = 0
         # Who keeps a message that was not delivered (the collector's journal): it produces
         # it again (True) or keeps it on disk (False), and counts and logs that itself.
@@ -199,23 +369,33 @@ class Intake:
         good_index = 0
         for index, (event, raw_bytes) in enumerate(pairs):
             if isinstance(event, _NotJson):
-                errors = [f"$: not valid JSON ({event.error})"]
-                datum = None
+                errors = [f"$: {event.what} ({event.error})"]
+                datum, reason = None, "validation"
             else:
                 datum, field_errors = self.validator.validate(
                     event, customer, received_ms, self.source
                 )
                 errors = [str(e) for e in field_errors]
+                reason = dead_letter_reason(field_errors)
+            value = b""
+            if datum is not None:
+                value = self.codec.encode(datum)
+                if len(value) > self.max_event_bytes:  # librdkafka would refuse it mid-batch
+                    errors = [
+                        f"$: too large ({len(value)} bytes encoded; the limit is "
+                        f"{self.max_event_bytes})"
+                    ]
+                    datum, reason = None, "validation"
             if datum is None:
                 result.rejected.append(Rejected(index, errors))
                 letter = DeadLetter(
-                    "validation",
+                    reason,
                     "; ".join(errors),
                     "collect",
                     orjson.dumps(event) if raw_bytes is None else raw_bytes,
                     customer_id=customer,
                     dead_ts=received_ms,
-                )
+                ).truncate(self.dlq_max_value_bytes)
                 messages.append((self.dlq_topic, letter.value, letter.headers()))
                 continue
             topic = self.raw_topic if good_index < quota_checked else self.overflow_topic
@@ -225,7 +405,7 @@ class Intake:
             else:
                 result.overflowed += 1
             result.event_ids.append(datum["event_id"])
-            messages.append((topic, self.codec.encode(datum), None))
+            messages.append((topic, value, None))
 
         waiter = DeliveryWaiter(len(messages)) if wait else None
         callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
@@ -236,14 +416,24 @@ class Intake:
             self._take_room(len(messages), size, wait_for_room_s)
             with self._bytes_lock:
                 self.buffered_bytes += size
-            for topic, value, headers in messages:
-                while True:
-                    try:
-                        produce(topic, key=key, value=value, headers=headers, on_delivery=callback)
-                        break
-                    except BufferError:  # not with the producer's limits above ours; never drop
-                        log.warning("producer refused a message within the checked room")
-                        self.producer.poll(0.05)
+            produced = 0
+            try:
+                for topic, value, headers in messages:
+                    while True:
+                        try:
+                            produce(
+                                topic, key=key, value=value, headers=headers, on_delivery=callback
+                            )
+                            break
+                        except BufferError:  # not with our limits under the producer's
+                            log.warning("producer refused a message within the checked room")
+                            self.producer.poll(0.05)
+                    produced += 1
+            finally:  # room taken for messages never produced is given back (no leak to 503)
+                unproduced = sum(len(value) for _, value, _ in messages[produced:])
+                if unproduced:
+                    with self._bytes_lock:
+                        self.buffered_bytes -= unproduced
         self.producer.poll(0)
         self.metrics.inc("collector_events_accepted_total", result.accepted, customer=customer)
         self.metrics.inc("collector_events_overflowed_total", result.overflowed, customer=customer)

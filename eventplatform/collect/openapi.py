@@ -70,7 +70,9 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "eventplatform collector",
             "version": "1",
-            "description": "Send batches of events. The customer comes from the API key.",
+            "description": "Send batches of events. The customer comes from the API key. "
+            "Operations (/metrics, /readyz, this document) are on the admin listener "
+            "(EP_COLLECTOR_ADMIN_HOST:EP_COLLECTOR_ADMIN_PORT, loopback by default), not here.",
         },
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
@@ -121,13 +123,18 @@ def openapi_document() -> dict[str, Any]:
                             "description": "missing, unknown or revoked key",
                             "content": json_error,
                         },
-                        "413": {"description": "body too large", "content": json_error},
+                        "413": {
+                            "description": "body too large: as sent, once inflated, or "
+                            "more events than the limit",
+                            "content": json_error,
+                        },
                         "415": {
                             "description": "unsupported Content-Encoding",
                             "content": json_error,
                         },
                         "429": {
-                            "description": "over the hard cap; see Retry-After",
+                            "description": "over the hard cap, or too many of the "
+                            "customer's large or ?sync=true requests at once; see Retry-After",
                             "content": json_error,
                         },
                         "502": {
@@ -135,7 +142,8 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": accepted}},
                         },
                         "503": {
-                            "description": "producer buffer full; see Retry-After",
+                            "description": "producer buffer full, or the collector busy "
+                            "with large requests or key lookups; see Retry-After",
                             "content": json_error,
                         },
                         "504": {
@@ -150,23 +158,6 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "the process is up",
                     "security": [],
                     "responses": {"200": {"description": "ok"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "the broker is reachable",
-                    "security": [],
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "broker unreachable"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "text format"}},
                 }
             },
         },

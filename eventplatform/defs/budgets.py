@@ -42,9 +42,10 @@ def _current_states(platform: PlatformResource):
     owners=["team:ad-ops"],
     deps=["events_clickhouse"],
     automation_condition=AutomationCondition.eager(),
-    description="Spend per campaign (today in its time zone, and in total) against its "
-    "budgets, the status that follows (active, paused_daily, exhausted, ended, scheduled) "
-    "and pacing. Status changes are sent to campaign.control for ad servers.",
+    description="Spend per campaign (today in its time zone, and in total; only its owner's "
+    "cost events) against its budgets, the status that follows (active, paused_daily, "
+    "exhausted, ended, scheduled) and pacing. Status changes are sent to campaign.control "
+    "for ad servers.",
 )
 def campaign_budgets(context: AssetExecutionContext, platform: PlatformResource):
     settings = platform.settings()
@@ -61,12 +62,13 @@ def campaign_budgets(context: AssetExecutionContext, platform: PlatformResource)
         context.log.info(f"signal {signal['action']} {signal['campaign_id']}: {signal['reason']}")
     table = "\n".join(
         [
-            "| campaign | status | today | daily | total | budget | pacing |",
-            "|---|---|---|---|---|---|---|",
+            "| campaign | owner | status | today | daily | total | budget | pacing |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         + [
-            f"| {s.campaign_id} | {s.status} | {s.spend_today:.2f} | {s.daily_budget:.2f} | "
-            f"{s.spend_total:.2f} | {s.total_budget:.2f} | {s.pacing_pct:.0f}% |"
+            f"| {s.campaign_id} | {s.owner} | {s.status} | {s.spend_today:.2f} | "
+            f"{s.daily_budget:.2f} | {s.spend_total:.2f} | {s.total_budget:.2f} | "
+            f"{s.pacing_pct:.0f}% |"
             for s in states
         ]
     )

@@ -42,6 +42,7 @@ from dagster import (
 
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.defs.resources import PlatformResource
+from eventplatform.marts.backfill import BackfillRun, BuiltPartition, FailedCheck
 from eventplatform.marts.build import MartBuilder, MartPartition, output_schema
 from eventplatform.marts.catalog import Mart, load_marts
 from eventplatform.marts.inputs import LakeScanner
@@ -289,7 +290,8 @@ MARTS_JOBS = [marts_job]
 def materialize_range(start: date, end: date, names: list[str] | None = None, instance=None):
     """Build days start..end (one run, recorded in the Dagster instance like a UI backfill).
 
-    What `eventplatform marts build` calls. Returns the ExecuteInProcessResult.
+    What `eventplatform marts build` runs (through ``recorded_backfill``). Returns the
+    ExecuteInProcessResult.
     """
     from dagster import DagsterInstance, materialize
 
@@ -311,4 +313,27 @@ def materialize_range(start: date, end: date, names: list[str] | None = None, in
             "dagster/asset_partition_range_end": end.isoformat(),
             "eventplatform/reason": "cli-backfill",
         },
+    )
+
+
+def recorded_backfill(start: date, end: date, names: list[str] | None = None) -> BackfillRun:
+    """``materialize_range``, told in the marts' terms: what `eventplatform marts build` is
+    handed (by ``eventplatform/cli.py``), so that marts/ never imports Dagster."""
+    result = materialize_range(start, end, names)
+    return BackfillRun(
+        run_id=result.run_id,
+        success=result.success,
+        built=[
+            BuiltPartition(
+                m.partition,
+                m.asset_key.to_user_string(),
+                m.metadata["rows_per_day"].value.get(m.partition),
+            )
+            for m in result.asset_materializations_for_node("marts")
+        ],
+        failed_checks=[
+            FailedCheck(CHECK, e.asset_key.to_user_string(), e.description or "")
+            for e in result.get_asset_check_evaluations()
+            if not e.passed
+        ],
     )

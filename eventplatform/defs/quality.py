@@ -23,7 +23,8 @@ from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.defs.resources import PlatformResource
 from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
-from eventplatform.quality.kafka_stats import consumer_lag, dead_letters_since, messages_since
+from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
+from eventplatform.quality.lag_samples import consumer_lag_outcome
 from eventplatform.settings import Settings
 
 LANDED = "events_clickhouse"
@@ -98,6 +99,13 @@ click_fraud = _landed_check(
     "Click-through rate per site and campaign above EP_QUALITY_CTR_MAX, and ad-click bursts "
     "from a single IP or user.",
 )
+foreign_campaign = _landed_check(
+    "foreign_campaign",
+    checks.foreign_campaign,
+    "Cost events naming a campaign their sender does not own (another customer's, or not "
+    "loaded), per customer, in the window: never spent, so one customer cannot use another's "
+    "budget; an error when another customer's campaign is named.",
+)
 hot_keys = _landed_check(
     "hot_keys",
     checks.hot_keys,
@@ -151,31 +159,16 @@ def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource
 )
 def consumer_lag_check(context: AssetCheckExecutionContext, platform: PlatformResource):
     settings = platform.settings()
-    k, q = settings.kafka, settings.quality
-    group = settings.land.group_id
-    now = datetime.now(UTC)
-    lag = {
-        t: sum(consumer_lag(k.bootstrap, group, t).values())
-        for t in (k.raw_topic, k.overflow_topic)
-    }
-    clickhouse = platform_clickhouse(settings)
-    table = f"{clickhouse.database}.consumer_lag_samples"
-    with clickhouse.session() as client:
-        client.insert(
-            table,
-            [[now, t, group, n] for t, n in lag.items()],
-            column_names=["ts", "topic", "grp", "lag"],
-        )
-        history = client.query(
-            f"SELECT ts, sum(lag) FROM {table} WHERE grp = %(g)s AND ts >= %(since)s "
-            "GROUP BY ts ORDER BY ts",
-            parameters={
-                "g": group,
-                "since": (now - timedelta(minutes=q.lag_growing_minutes)).replace(tzinfo=None),
-            },
-        ).result_rows
-    samples = [(ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts, n) for ts, n in history]
-    return _result(context, settings, TOPICS, checks.consumer_lag_check(lag, samples, q, now))
+    k = settings.kafka
+    outcome = consumer_lag_outcome(
+        platform_clickhouse(settings),
+        k.bootstrap,
+        settings.land.group_id,
+        (k.raw_topic, k.overflow_topic),
+        settings.quality,
+        datetime.now(UTC),
+    )
+    return _result(context, settings, TOPICS, outcome)
 
 
 QUALITY_CHECKS = [
@@ -183,6 +176,7 @@ QUALITY_CHECKS = [
     volume_anomaly,
     duplicate_rate,
     click_fraud,
+    foreign_campaign,
     hot_keys,
     dlq_rate,
     schema_drift,

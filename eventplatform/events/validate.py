@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from eventplatform.events.policy import REASON_COST, REASON_EVENT_TS, EventPolicy
 from eventplatform.events.schemas import EVENT_TYPES, SchemaRegistry, default_registry
 
 MAX_STRING = 8192
@@ -40,13 +41,26 @@ SENDER_ENVELOPE = (
 )
 
 
+VALIDATION = "validation"  # the dead-letter reason of a contract error
+
+
 @dataclass(frozen=True)
 class FieldError:
     field: str
     message: str
+    reason: str = VALIDATION  # the stable dead-letter reason (policy errors have their own)
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+def dead_letter_reason(errors: list[FieldError]) -> str:
+    """One stable reason for a rejected event: a contract error wins over a policy one (the
+    event must be fixed first); an event that only breaks the policy carries that reason."""
+    reasons = {e.reason for e in errors}
+    if VALIDATION in reasons or not reasons:
+        return VALIDATION
+    return next(e.reason for e in errors)
 
 
 def _describe(value: Any) -> str:
@@ -81,7 +95,10 @@ def parse_timestamp_ms(value: Any) -> int:
             raise ValueError(f"not an ISO-8601 timestamp: {_describe(value)}") from None
         if parsed.tzinfo is None:
             raise ValueError(f"timestamp needs a time zone (Z or +hh:mm): {_describe(value)}")
-        return int(parsed.timestamp() * 1000)
+        ms = int(parsed.timestamp() * 1000)
+        if not 0 <= ms <= MAX_EPOCH_MS:
+            raise ValueError(f"timestamp before 1970 or after 9999: {_describe(value)}")
+        return ms
     raise ValueError(f"expected epoch milliseconds or ISO-8601 string, got {_type_name(value)}")
 
 
@@ -108,10 +125,16 @@ def _check_primitive(avro_type: str, value: Any) -> str | None:
 
 
 class EventValidator:
-    """Validates JSON events against the newest contract version."""
+    """Validates JSON events against the newest contract version and the event policy."""
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self, registry: SchemaRegistry | None = None, policy: EventPolicy | None = None
+    ) -> None:
         registry = registry or default_registry()
+        self.policy = policy or EventPolicy()
+        self._max_age_ms = self.policy.max_age_ms
+        self._max_future_ms = self.policy.max_future_ms
+        self._max_cost = self.policy.max_event_cost
         self.version = registry.latest.version
         schema = registry.latest.schema
         fields = {f["name"]: f for f in schema["fields"]}
@@ -171,6 +194,8 @@ class EventValidator:
                 event_ts = parse_timestamp_ms(event_ts)
             except ValueError:
                 return None
+        if not -self._max_age_ms <= event_ts - received_ms <= self._max_future_ms:
+            return None
         body_customer = obj.get("customer_id")
         if body_customer is not None and body_customer != customer_id:
             return None
@@ -218,6 +243,9 @@ class EventValidator:
             elif avro_type != "boolean" or kind is not bool:
                 return None
             out[name] = value
+        cost = out.get("cost")
+        if cost is not None and not 0 <= cost <= self._max_cost:
+            return None
         datum["payload"] = out
         return datum
 
@@ -252,6 +280,10 @@ class EventValidator:
                 event_ts = parse_timestamp_ms(obj["event_ts"])
             except ValueError as exc:
                 errors.append(FieldError("event_ts", str(exc)))
+            else:
+                problem = self.policy.event_ts_problem(event_ts, received_ms)
+                if problem:
+                    errors.append(FieldError("event_ts", problem, REASON_EVENT_TS))
 
         body_customer = obj.get("customer_id")
         if body_customer is not None and body_customer != customer_id:
@@ -316,7 +348,11 @@ class EventValidator:
             problem = _check_primitive(avro_type, value)
             if problem:
                 errors.append(FieldError(f"payload.{name}", problem))
-            elif avro_type in ("double", "float"):
+                out[name] = value
+                continue
+            if avro_type in ("double", "float"):
                 value = float(value)
+            if name == "cost" and (problem := self.policy.cost_problem(value)):
+                errors.append(FieldError("payload.cost", problem, REASON_COST))
             out[name] = value
         return out

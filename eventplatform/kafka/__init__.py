@@ -1,1 +1,1 @@
-"""Kafka: the local broker, topics as code, and client configuration (confluent-kafka)."""
+"""Kafka: the local broker, topics as code, client configuration (confluent-kafka), lag."""

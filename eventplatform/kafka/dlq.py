@@ -8,8 +8,9 @@ the customer id when known (same partitioning as events.raw).
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +25,13 @@ HEADER_NAMES = (
     "source_partition",
     "source_offset",
     "dead_ts",
+    "original_length",
+    "original_sha256",
 )
+
+# What a dead letter keeps of an original larger than the collector's
+# EP_COLLECTOR_DLQ_MAX_VALUE_BYTES when nothing else is said (the broker takes 1 MiB).
+DEFAULT_MAX_VALUE_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,29 @@ class DeadLetter:
     source_partition: int | None = None
     source_offset: int | None = None
     dead_ts: int = 0  # epoch ms when it was dead-lettered
+    original_length: int | None = None  # set when ``value`` is a truncated prefix
+    original_sha256: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length is not None and self.original_length > len(self.value)
+
+    def truncate(self, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> DeadLetter:
+        """This letter with at most ``max_bytes`` of the original: a letter the broker
+        cannot take (over its message size) would fail the produce of the whole batch. The
+        original's length and SHA-256 stay in headers, and the detail says it (the landed
+        dead_letters rows keep the detail), so the loss is visible and checkable."""
+        if len(self.value) <= max_bytes:
+            return self
+        length, digest = len(self.value), hashlib.sha256(self.value).hexdigest()
+        note = f" [value truncated to {max_bytes} of {length} bytes; original sha256 {digest}]"
+        return replace(
+            self,
+            value=self.value[:max_bytes],
+            detail=self.detail[: 4000 - len(note)] + note,
+            original_length=length,
+            original_sha256=digest,
+        )
 
     def headers(self) -> list[tuple[str, bytes]]:
         fields = {
@@ -49,6 +79,8 @@ class DeadLetter:
             "source_partition": self.source_partition,
             "source_offset": self.source_offset,
             "dead_ts": self.dead_ts or int(time.time() * 1000),
+            "original_length": self.original_length,
+            "original_sha256": self.original_sha256,
         }
         return [(k, str(v).encode()) for k, v in fields.items() if v is not None]
 
@@ -75,6 +107,8 @@ def parse_dead_letter(message: Message) -> DeadLetter:
         source_partition=as_int("source_partition"),
         source_offset=as_int("source_offset"),
         dead_ts=as_int("dead_ts") or 0,
+        original_length=as_int("original_length"),
+        original_sha256=headers.get("original_sha256"),
     )
 
 

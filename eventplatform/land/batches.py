@@ -11,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Message
 
-from eventplatform.events import DecodeError
+from eventplatform.events import DecodeError, EventPolicy
 from eventplatform.events.arrow import landed_schema, with_kafka_columns
 from eventplatform.events.columnar import ColumnarDecoder
+from eventplatform.events.policy import REASON_COST, REASON_EVENT_TS
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA, DeadLetter, parse_dead_letter
 from eventplatform.land.lake import OffsetRange, WrittenFile, write_dead_letters, write_events
 
@@ -25,6 +28,7 @@ class RowBuilder(Protocol):
     kind: str
     clickhouse_table: str
     lake_folder: str
+    time_column: str  # the timestamp the lake's folders and ClickHouse's partitions follow
     write_lake: Callable[[Path, pa.Table, list[OffsetRange]], list[WrittenFile]]
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
@@ -34,21 +38,30 @@ class RowBuilder(Protocol):
 
 class EventRows:
     """Contract events, decoded column by column (the native decoder); undecodable bytes
-    become dead letters."""
+    and events outside the event policy (time window, cost cap) become dead letters.
+
+    The policy is checked here as well as in the collector: anything produced to the topic
+    directly (a replay tool, another producer) is held to the same rules, and one event can
+    never make a batch fail in a sink (a decades-wide batch once failed ClickHouse's
+    partitions-per-insert limit on every retry, and its shard stopped)."""
 
     kind = "events"
     clickhouse_table = "events"
     lake_folder = "events"
+    time_column = "event_ts"
     write_lake = staticmethod(write_events)
 
-    def __init__(self) -> None:
+    def __init__(self, policy: EventPolicy | None = None) -> None:
         self.decoder = ColumnarDecoder()
+        self.policy = policy or EventPolicy()
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         body, errors = self.decoder.decode([m.value() for m in messages])
         bad = {index for index, _ in errors}
         good = [m for i, m in enumerate(messages) if i not in bad] if bad else messages
         dead = [_dead_letter(messages[i], exc) for i, exc in errors]
+        if good:
+            body, good = self._within_policy(body, good, dead)
         if not good:
             return landed_schema().empty_table(), dead
         table = with_kafka_columns(
@@ -59,6 +72,38 @@ class EventRows:
             landed_ms,
         )
         return table, dead
+
+    def _within_policy(
+        self, body: pa.Table, messages: list[Message], dead: list[DeadLetter]
+    ) -> tuple[pa.Table, list[Message]]:
+        """The rows (and their messages) inside the policy; a dead letter for each other."""
+        policy = self.policy
+        event_ms = _epoch_ms(body, "event_ts")
+        received_ms = _epoch_ms(body, "received_ts")
+        offset_ms = event_ms - received_ms
+        ts_bad = (offset_ms < -policy.max_age_ms) | (offset_ms > policy.max_future_ms)
+        cost = body.column("cost").to_numpy(zero_copy_only=False)  # NaN where none
+        with np.errstate(invalid="ignore"):
+            cost_bad = ~np.isnan(cost) & ~((cost >= 0) & (cost <= policy.max_event_cost))
+        # a NaN cost from a producer that bypassed the collector: not a cost either
+        cost_bad |= np.isnan(cost) & ~pc.is_null(body.column("cost")).to_numpy()
+        bad = ts_bad | cost_bad
+        if not bad.any():
+            return body, messages
+        for row in np.flatnonzero(bad):
+            if ts_bad[row]:
+                problem = policy.event_ts_problem(int(event_ms[row]), int(received_ms[row]))
+                letter = DecodeError(REASON_EVENT_TS, f"event_ts: {problem}")
+            else:
+                letter = DecodeError(REASON_COST, f"payload.cost: {policy.cost_problem(cost[row])}")
+            dead.append(_dead_letter(messages[row], letter))
+        kept = [m for m, is_bad in zip(messages, bad, strict=True) if not is_bad]
+        return body.filter(pa.array(~bad)), kept
+
+
+def _epoch_ms(table: pa.Table, column: str) -> np.ndarray:
+    ms = pc.cast(pc.cast(table.column(column), pa.timestamp("ms")), pa.int64())
+    return ms.to_numpy(zero_copy_only=False)
 
 
 def _dead_letter(message: Message, exc: DecodeError) -> DeadLetter:
@@ -81,6 +126,7 @@ class DeadLetterRows:
     kind = "dead_letters"
     clickhouse_table = "dead_letters"
     lake_folder = "dead_letters"
+    time_column = "dead_ts"
     write_lake = staticmethod(write_dead_letters)
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
@@ -106,9 +152,9 @@ class DeadLetterRows:
         return pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA), []
 
 
-def rows_for(kind: str) -> RowBuilder:
+def rows_for(kind: str, policy: EventPolicy | None = None) -> RowBuilder:
     if kind == "events":
-        return EventRows()
+        return EventRows(policy)
     if kind == "dead_letters":
         return DeadLetterRows()
     raise ValueError(f"kind must be events or dead_letters, got {kind!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eventplatform.land.lander import BatchReport
+from eventplatform.land.report import BatchReport
 from eventplatform.land.sources import build_lander
 from eventplatform.settings import get_settings
 

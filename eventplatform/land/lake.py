@@ -7,7 +7,16 @@ Layout (``lake_dir`` is ``$EP_DATA_DIR/lake`` by default)::
 
 A file name carries the source topic, partition and the *batch's* offset range for that
 partition (a batch that spans two hours writes two files with the same range, each holding
-its hour's rows). Names are deterministic, so a batch replayed after a crash rewrites the
+its hour's rows).
+
+Late events (``event_ts`` more than ``HOURLY_HORIZON_H`` hours before their ``received_ts``:
+history replays, devices that were offline) go to one file per partition and *day* in the
+folder ``event_hour=-1`` of their date, so a batch spread over years writes at most a file per
+day, not one per distinct hour. ``event_hour`` is a folder hint for pruning; the hour of a
+row is in ``event_ts``. The split depends only on each event's own timestamps, never on the
+clock of the run, so a replayed batch writes the same files.
+
+Names are deterministic, so a batch replayed after a crash rewrites the
 same files instead of adding new ones: the lake holds every event once. Each file is written
 to a hidden temporary name in its folder and renamed, so readers never see half a file.
 """
@@ -29,6 +38,9 @@ EVENTS_DIR = "events"
 DEAD_LETTERS_DIR = "dead_letters"
 TMP_PREFIX = ".tmp-"
 MS_PER_HOUR = 3_600_000
+HOURLY_HORIZON_H = 48  # events older than this (against received_ts) are filed by day
+LATE_HOUR = -1  # the event_hour folder of late events
+_LATE = 1 << 40  # bucket keys at or above this are late days (hour of midnight + _LATE)
 
 
 @dataclass(frozen=True)
@@ -58,14 +70,18 @@ class WrittenFile:
 def write_events(
     lake_dir: Path, table: pa.Table, ranges: Iterable[OffsetRange]
 ) -> list[WrittenFile]:
-    """Write landed events (``landed_schema()``) as one file per partition, date and hour."""
-    return _write_grouped(
-        lake_dir / EVENTS_DIR,
-        table,
-        ranges,
-        _hours(table, "event_ts"),
-        lambda hour: f"event_date={_date(hour)}/event_hour={hour % 24}",
-    )
+    """Write landed events (``landed_schema()``) as one file per partition, date and hour
+    (late events: per partition and date)."""
+    hours = _hours(table, "event_ts")
+    late = hours < _hours(table, "received_ts") - HOURLY_HORIZON_H
+    buckets = np.where(late, (hours // 24) * 24 + _LATE, hours)
+    return _write_grouped(lake_dir / EVENTS_DIR, table, ranges, buckets, _event_folder)
+
+
+def _event_folder(bucket: int) -> str:
+    if bucket >= _LATE:
+        return f"event_date={_date(bucket - _LATE)}/event_hour={LATE_HOUR}"
+    return f"event_date={_date(bucket)}/event_hour={bucket % 24}"
 
 
 def write_dead_letters(
@@ -102,20 +118,43 @@ def _write_grouped(root, table, ranges, hours, folder_of) -> list[WrittenFile]:
             part = table.filter(pa.array(mask))
             folder = root / folder_of(int(hour))
             written.append(_write_atomically(folder / f"{offsets.file_stem()}.parquet", part))
+    sync_folders({f.path.parent for f in written}, root.parent)
     return written
 
 
 def _write_atomically(path: Path, table: pa.Table) -> WrittenFile:
+    """Write to a temporary name, fsync, rename: after a power loss the file is whole or absent
+    (the rename itself is made durable by :func:`sync_folders`, before the offsets commit)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd", write_statistics=True)
+            f.flush()
+            os.fsync(f.fileno())
         size = tmp.stat().st_size
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return WrittenFile(path, table.num_rows, size)
+
+
+def sync_folders(folders: Iterable[Path], top: Path) -> None:
+    """fsync each folder and its parents up to ``top``: renames into them, and the folders
+    just created for them, survive a power loss. Each folder once, however many files."""
+    done: set[Path] = set()
+    for folder in folders:
+        while folder not in done:
+            done.add(folder)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if folder == top or top not in folder.parents:
+                break
+            folder = folder.parent
 
 
 def remove_stale_temporaries(root: Path, stem_prefix: str = "") -> int:

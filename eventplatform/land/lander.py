@@ -19,30 +19,28 @@ files and the same token makes ClickHouse drop the repeat. A dead letter can be 
 DLQ counts positions, not messages.
 
 One run per shard at a time is the orchestrator's job (the Dagster sensor and a tag
-concurrency limit). Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
+concurrency limit), and each run holds the shard's lock (``fence.py``) so that a second lander
+cannot land beside it. Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
+
+This module is the loop (collect, land, recover). Its parts live beside it: the manifest in
+``checkpoint.py`` (steps 1 and 6, and the replay), the lake and ClickHouse in ``sinks.py``
+(3 and 4), dead letters, the commit and Kafka's errors in ``commit.py`` (5), what a batch
+reports in ``report.py``, and the kill points of the crash tests in ``crashpoints.py``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import os
-import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 
@@ -53,105 +51,39 @@ from eventplatform.kafka.clients import (
     make_producer,
     watermark_offsets,
 )
-from eventplatform.kafka.dlq import send_dead_letter
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES
+from eventplatform.kafka.lag import cached_lag
 from eventplatform.land.batches import RowBuilder
+from eventplatform.land.checkpoint import Manifest, offset_ranges
+from eventplatform.land.commit import commit_offsets, raise_unless_transient, send_dead_letters
+from eventplatform.land.crashpoints import CRASH_ENV, crashpoint
+from eventplatform.land.fence import ShardLock
 from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
+from eventplatform.land.report import BatchReport, RunSummary, cost_events, latencies
+from eventplatform.land.sinks import Sinks, dedup_token, partition_groups
 from eventplatform.settings import LandSettings
 
-CRASH_ENV = "EP_LAND_CRASH_AT"
-COST_EVENT_TYPES = pa.array(["impression", "ad_click", "conversion"])
+__all__ = [  # the names landing's callers (and the crash tests) import from here
+    "CRASH_ENV",
+    "BatchReport",
+    "Manifest",
+    "RunSummary",
+    "ShardLander",
+    "crashpoint",
+    "dedup_token",
+    "offset_ranges",
+    "partition_groups",
+    "shard_partitions",
+]
+
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
 
 
-def crashpoint(name: str) -> None:
-    """Fault injection for the crash tests: die here, as ``kill -9`` would, when asked to."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def shard_partitions(partitions: list[int], shard: int, shards: int) -> list[int]:
+    """The partitions shard ``shard`` of ``shards`` owns: ``p % shards == shard``."""
     if not 0 <= shard < shards:
         raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
     return [p for p in sorted(partitions) if p % shards == shard]
-
-
-@dataclass
-class BatchReport:
-    """One landed micro-batch: what the orchestrator records as materializations."""
-
-    topic: str
-    shard: int
-    kind: str
-    ranges: list[OffsetRange]
-    rows: int
-    dead_letters: int
-    files: list[WrittenFile]
-    lag: int  # messages of the shard still behind the batch
-    latencies_ms: np.ndarray | None  # per event, received -> committed (queryable); events only
-    cost_events: int  # impressions, ad clicks, conversions: spend may have changed
-    seconds: float
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, parquet, ...
-    replayed: bool = False
-
-    @property
-    def latency_p50_ms(self) -> float | None:
-        return _percentile(self.latencies_ms, 50)
-
-    @property
-    def latency_p99_ms(self) -> float | None:
-        return _percentile(self.latencies_ms, 99)
-
-    @property
-    def messages(self) -> int:
-        return sum(r.count for r in self.ranges)
-
-    @property
-    def parquet_bytes(self) -> int:
-        return sum(f.bytes for f in self.files)
-
-
-@dataclass
-class RunSummary:
-    batches: int = 0
-    rows: int = 0
-    dead_letters: int = 0
-    replayed_batches: int = 0
-    busy_s: float = 0.0  # from the first batch's collection to the last batch's commit
-    stopped_because: str = ""
-    reports: list[BatchReport] = field(default_factory=list, repr=False)
-
-
-class Manifest:
-    """The ranges of the batch in flight, written before the sinks and removed after commit."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def of_shard(
-        cls, lake_dir: Path, group_id: str, topic: str, shard: int, shards: int
-    ) -> Manifest:
-        """Where the landing run of a shard keeps its manifest (beside the lake it writes)."""
-        return cls(lake_dir / "_landing" / group_id / f"{topic}.shard-{shard}-of-{shards}.json")
-
-    def write(self, ranges: list[OffsetRange]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        body = [[r.topic, r.partition, r.first, r.last] for r in ranges]
-        with open(tmp, "w") as f:
-            json.dump({"ranges": body, "written_ms": int(time.time() * 1000)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    def read(self) -> list[OffsetRange] | None:
-        if not self.path.exists():
-            return None
-        data = json.loads(self.path.read_text())
-        return [OffsetRange(t, p, first, last) for t, p, first, last in data["ranges"]]
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class ShardLander:
@@ -169,6 +101,7 @@ class ShardLander:
         clickhouse: ClickHouse,
         dlq_topic: str,
         settings: LandSettings,
+        dlq_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -178,8 +111,13 @@ class ShardLander:
         self.lake_dir = lake_dir
         self.clickhouse = clickhouse
         self.dlq_topic = dlq_topic
+        self.dlq_max_value_bytes = dlq_max_value_bytes
         self.settings = settings
         self.manifest = Manifest.of_shard(lake_dir, settings.group_id, topic, shard, shards)
+        self.lock = ShardLock(
+            self.manifest.path.with_suffix(".lock"), f"shard {shard} of {shards} of {topic}"
+        )
+        self.sinks = Sinks(rows, lake_dir, clickhouse, settings.clickhouse_partitions_per_insert)
         self.partitions: list[int] = []
         self.log: Callable[[str], None] = lambda line: None
 
@@ -192,68 +130,79 @@ class ShardLander:
         log: Callable[[str], None] = lambda line: None,
     ) -> RunSummary:
         s = self.settings
+        self.lock.acquire(s.shard_lock_wait_s)  # before the manifest is read: it is ours
+        try:
+            return self._run(on_batch, should_stop, log)
+        finally:
+            self.lock.release()
+
+    def _run(
+        self,
+        on_batch: Callable[[BatchReport], None],
+        should_stop: Callable[[], bool],
+        log: Callable[[str], None],
+    ) -> RunSummary:
+        s = self.settings
         consumer = make_consumer(
             self.bootstrap,
             s.group_id,
             **{"queued.max.messages.kbytes": s.consumer_queue_kbytes},
         )
         producer = make_producer(self.bootstrap)
-        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.log = log
         summary = RunSummary()
+        try:
+            with self.sinks:  # on the way out, waits for an insert in flight
+                return self._loop(consumer, producer, on_batch, should_stop, summary)
+        finally:
+            consumer.close()
+
+    def _loop(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        on_batch: Callable[[BatchReport], None],
+        should_stop: Callable[[], bool],
+        summary: RunSummary,
+    ) -> RunSummary:
+        s = self.settings
         started = last_message = time.monotonic()
         first_collect = 0.0
-        try:
-            self.partitions = self._shard_partitions(consumer)
-            if not self.partitions:
-                summary.stopped_because = "the shard has no partitions"
-                return summary
-            stale = sum(
-                remove_stale_temporaries(
-                    self.lake_dir / self.rows.lake_folder, f"{self.topic}+{p}+"
-                )
-                for p in self.partitions
-            )
-            if stale:
-                log(f"removed {stale} temporary files a crashed run left")
-            replay = self._pending_batch(consumer)
-            if replay is not None:
-                log(f"replaying the batch a previous run did not finish: {replay}")
-                messages = self._read_exactly(consumer, replay)
-                self._finish(self._land(consumer, producer, messages, True), summary, on_batch)
-            starts = self._committed_positions(consumer)
-            consumer.assign(starts)
-            while True:
-                if should_stop():
-                    summary.stopped_because = "asked to stop"
-                    break
-                now = time.monotonic()
-                if now - started >= s.max_run_s:
-                    summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
-                    break
-                collecting = time.monotonic()
-                messages = self._collect(consumer)
-                if not messages:
-                    if time.monotonic() - last_message >= s.idle_stop_s:
-                        if self._caught_up(consumer, starts):
-                            summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
-                            break
-                        last_message = time.monotonic()  # slow to fetch, not idle: go on
-                    continue
-                last_message = time.monotonic()
-                first_collect = first_collect or collecting
-                self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
-                summary.busy_s = time.monotonic() - first_collect
-                limit = s.max_batches_embedded if self.clickhouse.embedded else 0
-                if limit and summary.batches >= limit:
-                    summary.stopped_because = (
-                        f"{limit} batches (max_batches_embedded: chdb leaks a little per open)"
-                    )
-                    break
+        self.partitions = self._shard_partitions(consumer)
+        if not self.partitions:
+            summary.stopped_because = "the shard has no partitions"
             return summary
-        finally:
-            self._inserter.shutdown(wait=True)
-            consumer.close()
+        self._recover(consumer, producer, summary, on_batch)
+        starts = self._committed_positions(consumer)
+        consumer.assign(starts)
+        while True:
+            if should_stop():
+                summary.stopped_because = "asked to stop"
+                break
+            now = time.monotonic()
+            if now - started >= s.max_run_s:
+                summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
+                break
+            collecting = time.monotonic()
+            messages = self._collect(consumer)
+            if not messages:
+                if time.monotonic() - last_message >= s.idle_stop_s:
+                    if self._caught_up(consumer, starts):
+                        summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
+                        break
+                    last_message = time.monotonic()  # slow to fetch, not idle: go on
+                continue
+            last_message = time.monotonic()
+            first_collect = first_collect or collecting
+            self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
+            summary.busy_s = time.monotonic() - first_collect
+            limit = s.max_batches_embedded if self.clickhouse.embedded else 0
+            if limit and summary.batches >= limit:
+                summary.stopped_because = (
+                    f"{limit} batches (max_batches_embedded: chdb leaks a little per open)"
+                )
+                break
+        return summary
 
     def _committed_positions(self, consumer: Consumer) -> list[TopicPartition]:
         """Where to start: the group's committed offsets, the beginning where there is none."""
@@ -279,11 +228,10 @@ class ShardLander:
                 return False
         return True
 
-    def _finish(self, report: BatchReport, summary: RunSummary, on_batch) -> None:
-        summary.batches += 1
-        summary.rows += report.rows
-        summary.dead_letters += report.dead_letters
-        summary.replayed_batches += report.replayed
+    def _finish(
+        self, report: BatchReport, summary: RunSummary, on_batch: Callable[[BatchReport], None]
+    ) -> None:
+        summary.add(report)
         on_batch(report)
         _return_free_heap()
 
@@ -309,7 +257,7 @@ class ShardLander:
             wanted = min(10_000, s.batch_max_records - len(messages))
             for message in consumer.consume(num_messages=wanted, timeout=timeout):
                 if message.error() is not None:
-                    _raise_unless_transient(message.error(), self.log)
+                    raise_unless_transient(message.error(), self.log)
                     continue
                 messages.append(message)
                 size += len(message.value() or b"")
@@ -320,9 +268,10 @@ class ShardLander:
         return messages
 
     def _land(
-        self, consumer: Consumer, producer, messages: list[Message], replayed: bool
+        self, consumer: Consumer, producer: Producer, messages: list[Message], replayed: bool
     ) -> BatchReport:
         """Land one batch; ``messages`` is emptied once decoded (to free memory early)."""
+        s = self.settings
         t0 = time.monotonic()
         stages: dict[str, float] = {}
         clock = _StageClock(stages)
@@ -339,30 +288,22 @@ class ShardLander:
         crashpoint("after_decode")
         clock("decode")
 
-        # The two sinks at once (both release the GIL); the commit waits for both.
-        files: list[WrittenFile] = []
-        if table.num_rows:
-            inserting = self._inserter.submit(self._insert, table, ranges, stages)
-            try:
-                started = time.perf_counter()
-                files = self.rows.write_lake(self.lake_dir, table, ranges)
-                stages["parquet"] = stages.get("parquet", 0.0) + time.perf_counter() - started
-                crashpoint("after_parquet")
-            except BaseException:
-                wait([inserting])  # never leave an insert running behind a failed run
-                raise
-            inserting.result()
+        # The two sinks at once; the commit waits for both.
+        files: list[WrittenFile] = self.sinks.write(table, ranges, stages)
         crashpoint("after_clickhouse")
         clock("sinks")
 
-        for letter in dead:
-            send_dead_letter(producer, self.dlq_topic, letter)
-        if dead and producer.flush(self.settings.commit_timeout_s) != 0:
-            raise RuntimeError(f"{len(dead)} dead letters not acknowledged by the broker")
+        if dead:
+            send_dead_letters(
+                producer, self.dlq_topic, dead, s.commit_timeout_s, self.dlq_max_value_bytes
+            )
         crashpoint("after_dead_letters")
 
-        self._commit(
-            consumer, [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges]
+        commit_offsets(
+            consumer,
+            [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges],
+            s.commit_timeout_s,
+            self.log,
         )
         crashpoint("after_commit")
         self.manifest.clear()
@@ -378,73 +319,39 @@ class ShardLander:
             dead_letters=len(dead),
             files=files,
             lag=self._lag(consumer, ranges),
-            latencies_ms=_latencies(table, done_ms),
-            cost_events=_cost_events(table),
+            latencies_ms=latencies(table, done_ms),
+            cost_events=cost_events(table),
             seconds=time.monotonic() - t0,
             stage_seconds=stages,
             replayed=replayed,
         )
 
-    def _insert(self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]) -> None:
-        started = time.perf_counter()
-        with self.clickhouse.session() as client:
-            self.clickhouse.insert_arrow(
-                client,
-                f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
-                table,
-                settings={"insert_deduplication_token": dedup_token(ranges)},
-            )
-        stages["clickhouse"] = stages.get("clickhouse", 0.0) + time.perf_counter() - started
-
-    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        """Commit, riding out a coordinator that moves or a broker that restarts.
-
-        The sinks already hold the batch, so waiting is cheaper than failing (which would
-        replay it); past ``commit_timeout_s`` the run fails and the next one replays.
-        """
-        deadline = time.monotonic() + self.settings.commit_timeout_s
-        while True:
-            try:
-                for tp in consumer.commit(offsets=offsets, asynchronous=False) or []:
-                    if tp.error is not None:
-                        raise KafkaException(tp.error)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.fatal() or not _retriable(error) or time.monotonic() > deadline:
-                    raise
-                self.log(f"commit waits: {error}")
-                time.sleep(1.0)
-
     def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:
         """Behind the batch, from the watermarks the fetches brought (no extra round trip)."""
         done = {r.partition: r.last + 1 for r in ranges}
-        lag = 0
-        for p in self.partitions:
-            tp = TopicPartition(self.topic, p)
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            position = done.get(p)
-            if position is None:
-                position = consumer.position([tp])[0].offset
-            if high >= 0 and position >= 0:
-                lag += max(0, high - position)
-        return lag
+        return cached_lag(consumer, self.topic, self.partitions, done)
 
     # -- recovery ------------------------------------------------------------------------
 
-    def _pending_batch(self, consumer: Consumer) -> list[OffsetRange] | None:
-        """The manifest's ranges if their batch was not committed, else None (and clear it)."""
-        ranges = self.manifest.read()
-        if ranges is None:
-            return None
-        committed = committed_offsets(
-            consumer, [TopicPartition(self.topic, r.partition) for r in ranges], 30
+    def _recover(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        summary: RunSummary,
+        on_batch: Callable[[BatchReport], None],
+    ) -> None:
+        """What a crashed run left: its temporary files go, its batch in flight is landed."""
+        stale = sum(
+            remove_stale_temporaries(self.lake_dir / self.rows.lake_folder, f"{self.topic}+{p}+")
+            for p in self.partitions
         )
-        # One commit covers the whole batch, so one partition past its range means all are.
-        if any(tp.offset > r.last for tp, r in zip(committed, ranges, strict=True)):
-            self.manifest.clear()
-            return None
-        return ranges
+        if stale:
+            self.log(f"removed {stale} temporary files a crashed run left")
+        replay = self.manifest.pending(consumer)
+        if replay is not None:
+            self.log(f"replaying the batch a previous run did not finish: {replay}")
+            messages = self._read_exactly(consumer, replay)
+            self._finish(self._land(consumer, producer, messages, True), summary, on_batch)
 
     def _read_exactly(
         self, consumer: Consumer, ranges: list[OffsetRange], timeout_s: float = 120
@@ -463,7 +370,7 @@ class ShardLander:
                 )
             for message in consumer.consume(num_messages=10_000, timeout=0.5):
                 if message.error() is not None:
-                    _raise_unless_transient(message.error(), self.log)
+                    raise_unless_transient(message.error(), self.log)
                     continue
                 p = message.partition()
                 if p in open_partitions and message.offset() <= last[p]:
@@ -474,38 +381,6 @@ class ShardLander:
         if offset_ranges(messages) != ranges:
             raise RuntimeError(f"replay read {offset_ranges(messages)}, expected {ranges}")
         return messages
-
-
-_FATAL_CODES = {
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.OFFSET_OUT_OF_RANGE,
-}
-
-
-_RETRIABLE_COMMIT = {
-    KafkaError._WAIT_COORD,
-    KafkaError._TRANSPORT,
-    KafkaError._TIMED_OUT,
-    KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-}
-
-
-def _retriable(error: KafkaError) -> bool:
-    return error.retriable() or error.code() in _RETRIABLE_COMMIT
-
-
-def _raise_unless_transient(error: KafkaError, log: Callable[[str], None]) -> None:
-    """librdkafka reports and retries transient errors itself; fail only on what won't heal."""
-    if error.code() == KafkaError._PARTITION_EOF:
-        return
-    if error.fatal() or error.code() in _FATAL_CODES:
-        raise KafkaException(error)
-    log(f"kafka (retrying): {error}")
 
 
 class _StageClock:
@@ -530,42 +405,3 @@ def _return_free_heap() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
-    """First and last offset per partition, in partition order."""
-    bounds: dict[int, list[int]] = {}
-    topic = messages[0].topic()
-    for message in messages:
-        offset = message.offset()
-        b = bounds.get(message.partition())
-        if b is None:
-            bounds[message.partition()] = [offset, offset]
-        else:
-            b[0] = min(b[0], offset)
-            b[1] = max(b[1], offset)
-    return [OffsetRange(topic, p, first, last) for p, (first, last) in sorted(bounds.items())]
-
-
-def dedup_token(ranges: list[OffsetRange]) -> str:
-    """The same batch, the same token: ClickHouse drops a repeated insert."""
-    return f"{ranges[0].topic}:" + ",".join(f"{r.partition}:{r.first}-{r.last}" for r in ranges)
-
-
-def _latencies(table: pa.Table, done_ms: int) -> np.ndarray | None:
-    if "received_ts" not in table.column_names or table.num_rows == 0:
-        return None
-    received = pc.cast(pc.cast(table.column("received_ts"), pa.timestamp("ms")), pa.int64())
-    return done_ms - received.to_numpy(zero_copy_only=False)
-
-
-def _percentile(values: np.ndarray | None, q: float) -> float | None:
-    return None if values is None else float(np.percentile(values, q))
-
-
-def _cost_events(table: pa.Table) -> int:
-    if "event_type" not in table.column_names or table.num_rows == 0:
-        return 0
-    return int(
-        pc.sum(pc.is_in(table.column("event_type"), value_set=COST_EVENT_TYPES)).as_py() or 0
-    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.kafka.lag import consumer_lag
 from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
-from eventplatform.quality.kafka_stats import consumer_lag
 from eventplatform.settings import Settings
 
 
@@ -48,9 +48,10 @@ def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLande
         topic=source.topic,
         shard=shard,
         shards=source.shards,
-        rows=rows_for(source.kind),
+        rows=rows_for(source.kind, settings.event_policy),
         lake_dir=settings.lake_dir,
         clickhouse=platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,
         settings=settings.land,
+        dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )

@@ -5,11 +5,12 @@ For a day D the builder gives the mart SQL these relations (in an in-memory Duck
 - ``events_raw``: the day's landed rows as found in the lake (a replayed file or a retried
   send appears more than once), the columns the marts use plus ``is_overflow`` (came through
   the overflow topic) and ``event_bytes`` (the row's uncompressed size);
-- ``events``: the same, one row per ``event_id`` (the first landed wins);
+- ``events``: the same, one row per ``(customer_id, event_id)`` (the first landed wins): event
+  ids are the sender's, so two customers may both use "1", "2", ... and keep their events;
 - ``dead_letters``: the day's dead letters (``customer_id``, ``reason``, ``stage``, ``bytes``);
 - ``activity_window``: distinct (event_date, customer_id, user_id) over the days the history
   marts look back (MAU, retention);
-- ``funnel_steps`` (step, event_type) from settings, ``campaigns`` (campaign_id, advertiser).
+- ``funnel_steps`` (step, event_type) from settings, ``campaigns`` (campaign_id, advertiser, owner).
 
 Each built partition is written three ways: a Parquet file per mart and day
 (``lake/marts/<mart>/date=D/part-0.parquet``, atomic rename), the warehouse table (the day's
@@ -159,17 +160,18 @@ class MartBuilder:
         )
         # Dedupe: most events are landed once, so only the rows of repeated ids go through
         # the window (first landed wins); the rest stream through an anti-join.
+        # An event is (customer_id, event_id): ids are unique per sender only.
         con.execute(
-            "CREATE TEMP TABLE _repeated AS SELECT event_id FROM events_raw "
-            "GROUP BY event_id HAVING count(*) > 1"
+            "CREATE TEMP TABLE _repeated AS SELECT customer_id, event_id FROM events_raw "
+            "GROUP BY customer_id, event_id HAVING count(*) > 1"
         )
         con.execute(
             "CREATE TEMP TABLE events AS "
-            "SELECT r.* FROM events_raw AS r ANTI JOIN _repeated USING (event_id) "
+            "SELECT r.* FROM events_raw AS r ANTI JOIN _repeated USING (customer_id, event_id) "
             "UNION ALL "
-            "SELECT r.* FROM events_raw AS r SEMI JOIN _repeated USING (event_id) "
-            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY landed_ts, kafka_topic, "
-            "kafka_partition, kafka_offset) = 1"
+            "SELECT r.* FROM events_raw AS r SEMI JOIN _repeated USING (customer_id, event_id) "
+            "QUALIFY row_number() OVER (PARTITION BY customer_id, event_id ORDER BY landed_ts, "
+            "kafka_topic, kafka_partition, kafka_offset) = 1"
         )
         if day.dead_letters:
             con.execute(
@@ -209,21 +211,19 @@ class MartBuilder:
         con.register("campaigns", self._campaigns())
 
     def _campaigns(self) -> pa.Table:
-        """campaign_id -> advertiser, from ClickHouse's campaigns table (empty without it)."""
-        empty = pa.table({"campaign_id": pa.array([], pa.string()), "advertiser": []})
-        if self.clickhouse is None:
-            return empty.cast(
-                pa.schema([("campaign_id", pa.string()), ("advertiser", pa.string())])
-            )
-        with self.clickhouse.session() as client:
-            rows = client.query(
-                f"SELECT campaign_id, argMax(advertiser, version) FROM "
-                f"{self.clickhouse.database}.campaigns GROUP BY campaign_id"
-            ).result_rows
+        """campaign_id -> advertiser and owner (the customer whose campaign it is), from
+        ClickHouse's campaigns table (empty without it)."""
+        rows: list[tuple] = []
+        if self.clickhouse is not None:
+            with self.clickhouse.session() as client:
+                rows = client.query(
+                    f"SELECT campaign_id, argMax(advertiser, version), argMax(owner, version) "
+                    f"FROM {self.clickhouse.database}.campaigns GROUP BY campaign_id"
+                ).result_rows
         return pa.table(
             {
-                "campaign_id": pa.array([r[0] for r in rows], pa.string()),
-                "advertiser": pa.array([r[1] for r in rows], pa.string()),
+                name: pa.array([r[i] for r in rows], pa.string())
+                for i, name in enumerate(("campaign_id", "advertiser", "owner"))
             }
         )
 

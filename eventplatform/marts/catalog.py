@@ -7,7 +7,7 @@ A mart file starts with a comment header, then one SELECT::
     --   (an indented comment line continues the previous field).
     -- owners: team:ad-ops, team:analytics
     -- grain: event_date, customer_id, campaign_id
-    -- column impressions: Impressions served (deduplicated by event_id).
+    -- column impressions: Impressions served (deduplicated by customer_id, event_id).
     -- reconcile: sum(impressions) == (SELECT count(*) FROM events WHERE event_type = 'impression')
 
 ``reconcile`` lines are the mart's asset check: the left side is computed over the built

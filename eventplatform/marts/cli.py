@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from eventplatform.settings import get_settings
+from eventplatform.marts.backfill import BackfillRun, RecordedBackfill
+from eventplatform.settings import Settings, get_settings
 
 
 def _day(value: str | None) -> date | None:
@@ -23,12 +24,20 @@ def _day(value: str | None) -> date | None:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD, today, yesterday)") from exc
 
 
-@click.group()
-def marts() -> None:
-    """The analytic marts (DuckDB warehouse, Parquet, ClickHouse mirror)."""
+def marts_group(recorded_backfill: RecordedBackfill | None = None) -> click.Group:
+    """The ``marts`` command group. ``recorded_backfill`` builds a range as one run recorded
+    by the orchestrator; without one, ``build`` needs ``--no-dagster``."""
+
+    @click.group()
+    def marts() -> None:
+        """The analytic marts (DuckDB warehouse, Parquet, ClickHouse mirror)."""
+
+    marts.add_command(list_marts)
+    marts.add_command(_build_command(recorded_backfill))
+    return marts
 
 
-@marts.command("list")
+@click.command("list")
 @click.option("--columns", is_flag=True, help="Show each mart's columns too.")
 def list_marts(columns: bool) -> None:
     """The marts, their grain and (with --columns) their columns."""
@@ -43,65 +52,70 @@ def list_marts(columns: bool) -> None:
                 click.echo(f"    {name}: {description}")
 
 
-@marts.command("build")
-@click.option("--start", "start", required=True, help="First day (YYYY-MM-DD, today, yesterday).")
-@click.option("--end", "end", help="Last day, included (default: --start).")
-@click.option("--mart", "names", multiple=True, help="Only this mart (repeatable).")
-@click.option(
-    "--no-dagster",
-    is_flag=True,
-    help="Build directly, without recording a run in the Dagster instance.",
-)
-def build(start: str, end: str | None, names: tuple[str, ...], no_dagster: bool) -> None:
-    """Build (or rebuild) the marts for each day from --start to --end, as one Dagster run.
+def _build_command(recorded_backfill: RecordedBackfill | None) -> click.Command:
+    @click.command("build")
+    @click.option(
+        "--start", "start", required=True, help="First day (YYYY-MM-DD, today, yesterday)."
+    )
+    @click.option("--end", "end", help="Last day, included (default: --start).")
+    @click.option("--mart", "names", multiple=True, help="Only this mart (repeatable).")
+    @click.option(
+        "--no-dagster",
+        is_flag=True,
+        help="Build directly, without recording a run in the Dagster instance.",
+    )
+    def build(start: str, end: str | None, names: tuple[str, ...], no_dagster: bool) -> None:
+        """Build (or rebuild) the marts for each day from --start to --end, as one Dagster run.
 
-    The run and the partitions' materializations show in the UI like a backfill's.
-    """
-    first, last = _day(start), _day(end or start)
-    if last < first:
-        raise click.BadParameter("--end is before --start")
-    settings = get_settings()
-    if first < date.fromisoformat(settings.marts.start_date):
-        raise click.BadParameter(
-            f"{first} is before the first partition {settings.marts.start_date} "
-            "(EP_MARTS_START_DATE)"
-        )
-    if no_dagster:
-        from eventplatform.clickhouse import platform_clickhouse
-        from eventplatform.marts.build import MartBuilder
-
-        clickhouse = platform_clickhouse(settings) if settings.marts.mirror_clickhouse else None
-        failed = False
-        for part in MartBuilder(settings, clickhouse=clickhouse).build_range(
-            first, last, list(names) or None
-        ):
-            failed |= not part.reconciled
-            status = "reconciled" if part.reconciled else "RECONCILIATION FAILED"
-            click.echo(f"{part.day} {part.mart}: {part.rows} rows, {status}")
-            for r in part.reconciliations:
-                if not r.passed:
-                    click.echo(f"    {r}")
-        sys.exit(1 if failed else 0)
-
-    from eventplatform.defs.marts import CHECK, materialize_range
-
-    result = materialize_range(first, last, list(names) or None)
-    failed = False
-    for m in result.asset_materializations_for_node("marts"):
-        rows = m.metadata["rows_per_day"].value.get(m.partition)
-        click.echo(f"{m.partition} {m.asset_key.to_user_string()}: {rows} rows")
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
-            failed = True
-            click.echo(
-                f"check {CHECK} FAILED for {evaluation.asset_key.to_user_string()}: "
-                f"{evaluation.description}"
+        The run and the partitions' materializations show in the UI like a backfill's.
+        """
+        first, last = _day(start), _day(end or start)
+        if last < first:
+            raise click.BadParameter("--end is before --start")
+        settings = get_settings()
+        if first < date.fromisoformat(settings.marts.start_date):
+            raise click.BadParameter(
+                f"{first} is before the first partition {settings.marts.start_date} "
+                "(EP_MARTS_START_DATE)"
             )
+        if no_dagster:
+            sys.exit(_build_directly(settings, first, last, list(names) or None))
+        if recorded_backfill is None:
+            raise click.UsageError("no orchestrator to record the run here: use --no-dagster")
+        sys.exit(_report(recorded_backfill(first, last, list(names) or None), first, last))
+
+    return build
+
+
+def _build_directly(settings: Settings, first: date, last: date, names: list[str] | None) -> int:
+    """Build without recording a run; the exit status: 1 when a day does not reconcile."""
+    from eventplatform.clickhouse import platform_clickhouse
+    from eventplatform.marts.build import MartBuilder
+
+    clickhouse = platform_clickhouse(settings) if settings.marts.mirror_clickhouse else None
+    failed = False
+    for part in MartBuilder(settings, clickhouse=clickhouse).build_range(first, last, names):
+        failed |= not part.reconciled
+        status = "reconciled" if part.reconciled else "RECONCILIATION FAILED"
+        click.echo(f"{part.day} {part.mart}: {part.rows} rows, {status}")
+        for r in part.reconciliations:
+            if not r.passed:
+                click.echo(f"    {r}")
+    return 1 if failed else 0
+
+
+def _report(run: BackfillRun, first: date, last: date) -> int:
+    """Print a recorded run's partitions and failed checks; the exit status."""
+    for part in run.built:
+        click.echo(f"{part.day} {part.mart}: {part.rows} rows")
+    for check in run.failed_checks:
+        click.echo(f"check {check.check} FAILED for {check.mart}: {check.description}")
+    failed = bool(run.failed_checks)
     click.echo(
-        f"built {first}..{last} in run {result.run_id}: "
+        f"built {first}..{last} in run {run.run_id}: "
         + ("reconciliation failed" if failed else "all reconciled")
     )
-    sys.exit(1 if failed or not result.success else 0)
+    return 1 if failed or not run.success else 0
 
 
 @click.command("sql")

@@ -226,7 +226,7 @@ def events_per_customer(ch: ClickHouse, since: datetime, now: datetime) -> dict[
 
 
 def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
-    """Events landed more than once (same event_id) per customer in the window."""
+    """Events landed more than once (same customer and event_id) per customer in the window."""
     rows = ch_query(
         ch,
         (
@@ -253,6 +253,36 @@ def duplicate_rate(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOu
         duplicates=dupes,
         threshold=q.duplicate_rate_max,
     )
+
+
+def foreign_campaign(ch: ClickHouse, q: QualitySettings, now: datetime) -> CheckOutcome:
+    """Cost events, per customer, naming a campaign the sender does not own (another
+    customer's, or one not loaded) in the window. They are never spent (budgets/spend.py):
+    this check makes them seen. An error when another customer's campaign is named (an attempt
+    on its budget, or a wrong owner in the campaigns file), a warning when the campaigns are
+    only not loaded (the sender's spend is not tracked against any budget)."""
+    from eventplatform.budgets.spend import foreign_cost_events
+
+    found = foreign_cost_events(ch, now - timedelta(minutes=q.window_minutes), now)
+    offenders = [
+        f"{f.customer_id}: {f.events} cost events ({f.cost:g}) naming campaigns it does not "
+        f"own ({f.owned_by_others} another customer's, {f.not_loaded} not loaded): "
+        + ", ".join(f.campaigns)
+        for f in found
+    ]
+    outcome = _outcome(
+        "foreign_campaign",
+        ERROR if any(f.owned_by_others for f in found) else WARN,
+        offenders,
+        "every cost event names a campaign its sender owns",
+        f"{len(found)} customers sent cost events for campaigns they do not own (not spent)",
+        foreign_events=sum(f.events for f in found),
+        foreign_cost=round(sum(f.cost for f in found), 6),
+        owned_by_others=sum(f.owned_by_others for f in found),
+        not_loaded=sum(f.not_loaded for f in found),
+    )
+    outcome.metadata["by_customer"] = {f.customer_id: f.events for f in found}
+    return outcome
 
 
 def schema_drift(

@@ -1,4 +1,7 @@
-"""What Kafka itself can tell about health: messages per window, dead letters, consumer lag."""
+"""What Kafka itself can tell about health: messages per window and dead letters.
+
+(Consumer lag is ``eventplatform.kafka.lag``: landing reads it too.)
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,14 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from eventplatform.kafka.clients import committed_offsets, make_consumer, watermark_offsets
+from eventplatform.kafka.clients import make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
-
-
-def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        raise RuntimeError(f"topic {topic} not found")
-    return sorted(metadata.partitions)
+from eventplatform.kafka.lag import topic_partitions
 
 
 def _start_offsets(consumer: Consumer, topic: str, since_ms: int, timeout_s: float):
     """(partition, first offset at or after since_ms, high watermark) for each partition."""
-    partitions = _partitions(consumer, topic, timeout_s)
+    partitions = topic_partitions(consumer, topic, timeout_s)
     found = consumer.offsets_for_times(
         [TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout_s
     )
@@ -82,25 +79,5 @@ def dead_letters_since(
             if message.offset() + 1 >= ends[message.partition()]:
                 done.add(message.partition())
         return sample
-    finally:
-        consumer.close()
-
-
-def consumer_lag(
-    bootstrap: str, group_id: str, topic: str, timeout_s: float = 15
-) -> dict[int, int]:
-    """Messages not yet committed by ``group_id``, per partition of ``topic``."""
-    consumer = make_consumer(bootstrap, group_id)
-    try:
-        partitions = _partitions(consumer, topic, timeout_s)
-        committed = committed_offsets(
-            consumer, [TopicPartition(topic, p) for p in partitions], timeout_s
-        )
-        lag = {}
-        for tp in committed:
-            low, high = watermark_offsets(consumer, TopicPartition(topic, tp.partition), timeout_s)
-            position = tp.offset if tp.offset >= 0 else low
-            lag[tp.partition] = max(0, high - position)
-        return lag
     finally:
         consumer.close()

@@ -354,12 +354,13 @@ def campaigns_csv(
     end: str = "2027-12-31",
     timezone: str = "UTC",
 ) -> str:
-    """The campaigns as the budgets loader reads them (`eventplatform campaigns load`)."""
-    lines = ["advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone"]
+    """The campaigns as the budgets loader reads them (`eventplatform campaigns load`); the
+    owner, the customer whose events spend the budget, is the customer that runs it."""
+    lines = ["advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner"]
     for c in campaigns:
         lines.append(
             f"{c.advertiser},{c.campaign_id},{c.total_budget:.2f},{c.daily_budget:.2f},"
-            f"{c.currency},{start},{end},{timezone}"
+            f"{c.currency},{start},{end},{timezone},{c.advertiser}"
         )
     return "\n".join(lines) + "\n"
 

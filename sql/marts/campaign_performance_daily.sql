@@ -2,15 +2,17 @@
 -- description: Ad delivery and money per day (UTC) by customer, campaign, advertiser, site,
 --   publisher, device and currency: impressions, clicks, conversions, CTR, CVR, cost, revenue,
 --   eCPM. One row per combination seen that day. Events are counted once (deduplicated by
---   event_id). The contract has no country field, so country is not a dimension. The
---   advertiser comes from the campaigns table (ClickHouse) as it was when the day was built.
+--   customer_id and event_id). The contract has no country field, so country is not a
+--   dimension. The advertiser comes from the campaigns table (ClickHouse) as it was when the
+--   day was built, only for the campaign's owner: a customer naming another's campaign is
+--   not shown its advertiser.
 -- owners: team:ad-ops, team:analytics
 -- grain: event_date, customer_id, campaign_id, site_id, publisher_id, device, currency
 -- column event_date: Day of the events (event_ts, UTC); the partition.
 -- column customer_id: The platform customer (ad network) that sent the events.
 -- column campaign_id: Campaign of the ad.
 -- column advertiser: The campaign's advertiser from the campaigns table; NULL when the
---   campaign is not loaded there.
+--   campaign is not loaded there or belongs to another customer.
 -- column site_id: Site where the ad was shown.
 -- column publisher_id: Publisher owning the site.
 -- column device: Device class of the viewer (NULL when the sender did not say).
@@ -47,7 +49,7 @@ WITH ad AS (
         coalesce(sum(e.revenue), 0) AS revenue,
         coalesce(sum(e.value) FILTER (WHERE e.event_type = 'conversion'), 0) AS conversion_value
     FROM events AS e
-    LEFT JOIN campaigns AS c ON c.campaign_id = e.campaign_id
+    LEFT JOIN campaigns AS c ON c.campaign_id = e.campaign_id AND c.owner = e.customer_id
     WHERE e.event_type IN ('impression', 'ad_click', 'conversion')
     GROUP BY ALL
 )

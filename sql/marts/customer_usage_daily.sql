@@ -1,17 +1,17 @@
 -- name: customer_usage_daily
 -- description: What each customer sent per day (UTC), by event type: what a platform bills
---   and watches. Events counted once (deduplicated by event_id), the duplicates dropped,
---   how many came through the overflow topic (over quota), their size, and dead letters
---   (events.dlq, by the day they were dead-lettered) in rows whose event_type is
---   '(dead letter)'.
+--   and watches. Events counted once (deduplicated by customer_id and event_id), the
+--   duplicates dropped, how many came through the overflow topic (over quota), their size,
+--   and dead letters (events.dlq, by the day they were dead-lettered) in rows whose
+--   event_type is '(dead letter)'.
 -- owners: team:data-platform, team:billing
 -- grain: event_date, customer_id, event_type
 -- column event_date: Day of the events (event_ts, UTC), or of the dead letters (dead_ts, UTC).
 -- column customer_id: The customer; '(unknown)' for dead letters whose customer is not known.
 -- column event_type: The event type, or '(dead letter)' for the dead-letter row.
--- column events: Distinct events (by event_id) landed for the day.
--- column duplicates_dropped: Landed rows beyond the first for the same event_id (retries,
---   replays); not counted in events.
+-- column events: Distinct events (by customer_id and event_id) landed for the day.
+-- column duplicates_dropped: Landed rows beyond the first for the same customer_id and
+--   event_id (retries, replays); not counted in events.
 -- column overflow_events: Of events, those that came through the overflow topic (the
 --   customer was over its quota).
 -- column dead_letters: Dead letters (rejected or undecodable), only on '(dead letter)' rows.
@@ -20,7 +20,7 @@
 --   bytes of the original message.
 -- column users: Distinct user_id among the events.
 -- reconcile: sum(events) == (SELECT count(*) FROM events)
--- reconcile: sum(events) == (SELECT count(DISTINCT event_id) FROM events_raw)
+-- reconcile: sum(events) == (SELECT count(DISTINCT (customer_id, event_id)) FROM events_raw)
 -- reconcile: sum(events + duplicates_dropped) == (SELECT count(*) FROM events_raw)
 -- reconcile: sum(overflow_events) == (SELECT count(*) FROM events WHERE is_overflow)
 -- reconcile: sum(dead_letters) == (SELECT count(*) FROM dead_letters)

@@ -11,7 +11,7 @@
 -- column mau: Distinct users active in the 30 days ending on the day.
 -- column stickiness: dau / mau.
 -- column sessions: Distinct session_id on the day.
--- column events: Events on the day (deduplicated by event_id), all types.
+-- column events: Events on the day (deduplicated by customer_id and event_id), all types.
 -- reconcile: sum(events) == (SELECT count(*) FROM events)
 -- reconcile: sum(dau) == (SELECT count(DISTINCT (customer_id, user_id)) FROM events
 --   WHERE user_id IS NOT NULL)

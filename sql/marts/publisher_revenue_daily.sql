@@ -2,7 +2,7 @@
 -- description: What each publisher earned per day (UTC), by customer, publisher, site and
 --   currency: impressions, clicks, conversions, revenue (the publisher's share), what
 --   advertisers paid for the same events, the platform's margin and the publisher's eCPM.
---   Events counted once (deduplicated by event_id).
+--   Events counted once (deduplicated by customer_id and event_id).
 -- owners: team:publisher-ops, team:analytics
 -- grain: event_date, customer_id, publisher_id, site_id, currency
 -- column event_date: Day of the events (event_ts, UTC); the partition.

@@ -1,0 +1,18 @@
+"""Fault injection for the crash tests: a landing process dies at a named point of a batch.
+
+The points, in batch order: ``after_manifest``, ``after_decode``, ``after_parquet``,
+``after_clickhouse``, ``after_dead_letters``, ``after_commit``. Unset in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_ENV = "EP_LAND_CRASH_AT"
+
+
+def crashpoint(name: str) -> None:
+    """Die here, as ``kill -9`` would, when ``EP_LAND_CRASH_AT`` names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""The two sinks of a landing run: the Parquet lake and ClickHouse, written at once.
+
+Both are idempotent for a replayed batch, which is what lets the checkpoint replay it: the
+lake's file names come from the batch's offset ranges (the same files are replaced), and each
+ClickHouse insert carries an ``insert_deduplication_token`` derived from them (the table's
+deduplication window drops the repeat). The insert is split by month groups, because the
+tables are partitioned by month and an insert into more partitions than the server allows
+fails whole.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from eventplatform.clickhouse import ClickHouse
+from eventplatform.land.batches import RowBuilder
+from eventplatform.land.crashpoints import crashpoint
+from eventplatform.land.lake import OffsetRange, WrittenFile
+
+
+class Sinks:
+    """Writes a batch's rows to the lake and ClickHouse in parallel (both release the GIL).
+
+    Use it as a context manager around a run: it owns the thread that does the inserts.
+    """
+
+    def __init__(
+        self,
+        rows: RowBuilder,
+        lake_dir: Path,
+        clickhouse: ClickHouse,
+        partitions_per_insert: int,
+    ) -> None:
+        self.rows = rows
+        self.lake_dir = lake_dir
+        self.clickhouse = clickhouse
+        self.partitions_per_insert = partitions_per_insert
+        self._inserter: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Sinks:
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._inserter is not None:
+            self._inserter.shutdown(wait=True)
+            self._inserter = None
+
+    def write(
+        self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
+    ) -> list[WrittenFile]:
+        """Both sinks hold the batch when this returns; it raises if either failed, and
+        never leaves an insert running behind it. Adds ``parquet`` and ``clickhouse`` to
+        ``stages`` (seconds)."""
+        if not table.num_rows:
+            return []
+        if self._inserter is None:
+            raise RuntimeError("Sinks.write outside of `with sinks:`")
+        inserting = self._inserter.submit(self.insert_clickhouse, table, ranges, stages)
+        try:
+            started = time.perf_counter()
+            files = self.rows.write_lake(self.lake_dir, table, ranges)
+            stages["parquet"] = stages.get("parquet", 0.0) + time.perf_counter() - started
+            crashpoint("after_parquet")
+        except BaseException:
+            wait([inserting])  # never leave an insert running behind a failed run
+            raise
+        inserting.result()
+        return files
+
+    def insert_clickhouse(
+        self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
+    ) -> None:
+        """One insert per group of at most ``partitions_per_insert`` months, each with its
+        own token derived from the ranges (a replay forms the same groups)."""
+        started = time.perf_counter()
+        limit = self.partitions_per_insert
+        token = dedup_token(ranges)
+        parts = partition_groups(table, self.rows.time_column, limit)
+        with self.clickhouse.session() as client:
+            for index, part in enumerate(parts):
+                self.clickhouse.insert_arrow(
+                    client,
+                    f"{self.clickhouse.database}.{self.rows.clickhouse_table}",
+                    part,
+                    settings={
+                        "insert_deduplication_token": token
+                        if len(parts) == 1
+                        else f"{token}#{index}",
+                        "max_partitions_per_insert_block": str(limit),
+                    },
+                )
+        stages["clickhouse"] = stages.get("clickhouse", 0.0) + time.perf_counter() - started
+
+
+def partition_groups(table: pa.Table, column: str, limit: int) -> list[pa.Table]:
+    """The table split so that no part spans more than ``limit`` months of ``column`` (the
+    ClickHouse tables are partitioned by month, and an insert into more partitions than the
+    server allows fails whole). Usually one part: the table itself."""
+    ts = table.column(column)
+    months = pc.add(pc.multiply(pc.year(ts), 100), pc.month(ts))
+    distinct = sorted(pc.unique(months).to_pylist())
+    if len(distinct) <= limit:
+        return [table]
+    return [
+        table.filter(pc.is_in(months, value_set=pa.array(distinct[i : i + limit])))
+        for i in range(0, len(distinct), limit)
+    ]
+
+
+def dedup_token(ranges: list[OffsetRange]) -> str:
+    """The same batch, the same token: ClickHouse drops a repeated insert."""
+    return f"{ranges[0].topic}:" + ",".join(f"{r.partition}:{r.first}-{r.last}" for r in ranges)
