@@ -4,9 +4,9 @@ Counted by Kafka offsets, so the figures are exact: for each partition of events
 events.overflow, the messages since a time (their customer from the key, their hour from the
 message timestamp) are matched against the landed rows (which carry topic, partition and
 offset), the landing job's dead letters (which carry the source offset), and the offsets the
-landing group has not committed yet. What the collector rejected at intake (dead letters of
-stage ``collect``) is reported beside it. Anything left over is a loss, anything landed
-twice a duplicate: both are named.
+landing group has not committed yet, all as of one snapshot (see :func:`reconcile`). What
+the collector rejected at intake (dead letters of stage ``collect``) is reported beside it.
+Anything left over is a loss, anything landed twice a duplicate: both are named.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import TopicPartition
 
 from eventplatform.clickhouse import ClickHouse, platform_clickhouse
-from eventplatform.kafka.clients import make_consumer, watermark_offsets
+from eventplatform.kafka.clients import committed_offsets, make_consumer, watermark_offsets
 from eventplatform.kafka.dlq import parse_dead_letter
 
 if TYPE_CHECKING:
@@ -128,8 +128,16 @@ def reconcile(
     overflow_topic: str | None = None,
     timeout_s: float = 120.0,
 ) -> Reconciliation:
+    """One consistent snapshot, exact while landing runs: the landing group's committed
+    offsets are read first. The landing job commits only after both sinks and the dead
+    letters, so below a committed offset everything must be landed or dead-lettered by the
+    time the later reads look (else it is missing); at or beyond it a message is pending,
+    whatever part of its batch the sinks hold already (a batch being landed is neither
+    counted landed nor as a duplicate). Read the other way round, a batch committed between
+    the reads was counted neither landed nor pending: a loss that was not there."""
     since_ms = int(since.timestamp() * 1000)
     result = Reconciliation()
+    committed = _committed(bootstrap, landing_group, topics, timeout_s)
     where: dict[tuple[str, int, int], Key] = {}  # (topic, partition, offset) -> row key
     first_offset: dict[tuple[str, int], int] = {}
     for topic in topics:
@@ -143,15 +151,19 @@ def reconcile(
             if topic == overflow_topic:
                 result.rows[key].overflow += 1
 
-    # Landed rows, by the offsets they came from.
+    # Landed rows, by the offsets they came from, below the committed offsets only.
     landed: dict[tuple[str, int, int], int] = defaultdict(int)
     with clickhouse.session() as client:
         for (topic, partition), first in first_offset.items():
+            end = committed.get((topic, partition), 0)
+            if end <= first:
+                continue
             rows = client.query(
                 f"SELECT kafka_offset, count() FROM {clickhouse.database}.events "
-                "WHERE kafka_topic = %(t)s AND kafka_partition = %(p)s AND kafka_offset >= %(o)s "
+                "WHERE kafka_topic = %(t)s AND kafka_partition = %(p)s "
+                "AND kafka_offset >= %(o)s AND kafka_offset < %(e)s "
                 "GROUP BY kafka_offset",
-                parameters={"t": topic, "p": partition, "o": first},
+                parameters={"t": topic, "p": partition, "o": first, "e": end},
             ).result_rows
             for offset, n in rows:
                 landed[(topic, partition, offset)] = n
@@ -169,31 +181,38 @@ def reconcile(
             result.rows[(letter.customer_id or customer, _hour(ts_ms))].rejected_at_intake += 1
         elif letter.source_topic is not None and letter.source_offset is not None:
             position = (letter.source_topic, letter.source_partition or 0, letter.source_offset)
-            if position in where and position not in landed and position not in dead_positions:
+            below = letter.source_offset < committed.get(position[:2], 0)
+            counted = position in landed or position in dead_positions
+            if below and position in where and not counted:
                 dead_positions.add(position)
                 result.rows[where[position]].dead_landing += 1
 
-    # Not yet processed: beyond the landing group's committed offsets.
-    consumer = make_consumer(bootstrap, landing_group)
-    try:
-        partitions = [TopicPartition(t, p) for (t, p) in first_offset]
-        committed = (
-            {
-                (tp.topic, tp.partition): tp.offset
-                for tp in consumer.committed(partitions, timeout=timeout_s)
-            }
-            if partitions
-            else {}
-        )
-    finally:
-        consumer.close()
-    for position, key in where.items():
-        topic, partition, offset = position
-        if position in landed or position in dead_positions:
-            continue
-        if offset >= committed.get((topic, partition), -1):
+    # Not yet processed as of the snapshot: at or beyond the committed offsets.
+    for (topic, partition, offset), key in where.items():
+        if offset >= committed.get((topic, partition), 0):
             result.rows[key].pending += 1
     return result
+
+
+def _committed(
+    bootstrap: str, group: str, topics: list[str], timeout_s: float
+) -> dict[tuple[str, int], int]:
+    """The group's committed offset of every partition of ``topics`` (0 where none is)."""
+    consumer = make_consumer(bootstrap, group)
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ]
+        if not partitions:
+            return {}
+        return {
+            (tp.topic, tp.partition): max(tp.offset, 0)
+            for tp in committed_offsets(consumer, partitions, timeout_s)
+        }
+    finally:
+        consumer.close()
 
 
 def reconcile_platform(settings: Settings, since: datetime) -> Reconciliation:

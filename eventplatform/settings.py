@@ -9,6 +9,7 @@ existing Kafka installation's jars) and ``DAGSTER_HOME``.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -182,10 +183,23 @@ class CollectorSettings(BaseSettings):
         "?sync=true does).",
     )
     sync_timeout_s: float = 30.0
+    delivery_timeout_s: float = Field(
+        default=0.0,
+        description="librdkafka's delivery timeout (message.timeout.ms). 0: none, an accepted "
+        "event waits in the buffer until the broker takes it (and a full buffer answers 503). "
+        "Any other value only makes the producer give up sooner: a message that timed out is "
+        "produced again, never dropped.",
+    )
     shutdown_flush_s: float = Field(
-        default=310.0,
-        description="On SIGTERM, how long to wait for the broker to take every accepted event "
-        "(past the producer's 300 s delivery timeout, so nothing accepted is abandoned early).",
+        default=20.0,
+        description="On SIGTERM, how long to wait for the broker to take what was accepted; "
+        "what it has not taken by then is written to the journal (EP_COLLECTOR_JOURNAL_DIR) "
+        "and delivered at the next start.",
+    )
+    journal_dir: Path | None = Field(
+        default=None,
+        description="Accepted events the broker did not take (at shutdown, or refused for "
+        "good, under failed/). Default: <data_dir>/collector-journal.",
     )
     retry_after_s: int = 2
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
@@ -460,6 +474,10 @@ class Settings:
         return self.clickhouse.dsn or f"chdb://{self.data_dir / 'clickhouse'}"
 
     @property
+    def collector_journal_dir(self) -> Path:
+        return self.collector.journal_dir or self.data_dir / "collector-journal"
+
+    @property
     def customers_db(self) -> Path:
         return self.data_dir / "customers.sqlite"
 
@@ -478,7 +496,8 @@ class Settings:
         return self.paths.cache_dir / f"kafka-{self.kafka.version}" / "libs"
 
     def describe(self) -> dict[str, object]:
-        """The effective settings, for `eventplatform settings` and the README."""
+        """The effective settings, for `eventplatform settings` and the README, with secrets
+        masked (:func:`mask_secret`): the output is pasted into tickets and chat."""
         out: dict[str, object] = {}
         for section in (
             "paths",
@@ -500,7 +519,37 @@ class Settings:
         out["derived.warehouse_path"] = str(self.warehouse_path)
         out["derived.dagster_home"] = str(self.dagster_home)
         out["derived.kafka_libs_dir"] = str(self.kafka_libs_dir)
-        return out
+        out["derived.collector_journal_dir"] = str(self.collector_journal_dir)
+        return {key: mask_secret(key, value) for key, value in out.items()}
+
+
+MASK = "***"
+# A setting named like one of these is a secret whatever its value looks like.
+_SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|credential|webhook_url|api_?key)")
+# In a URL: the password of user:password@, and query values of secret-looking parameters.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^/?#\s]*(?=@)")
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<head>[?&][^=&#\s]*(password|passwd|secret|token|key|sig|signature|auth)"
+    r"[^=&#\s]*=)[^&#\s]*"
+)
+
+
+def mask_secret(name: str, value: object) -> object:
+    """``value`` as it may be shown: a secret-named setting's whole value (a webhook URL is a
+    credential: whoever has it can post), else passwords in URLs (DSNs) and secret-looking
+    query parameters, masked. A masked setting still shows whether it is set."""
+    if value is None or value == "":
+        return value
+    if _SECRET_NAME.search(name.rsplit(".", 1)[-1]):
+        if isinstance(value, str) and "://" in value:
+            return value.split("://", 1)[0] + "://" + MASK  # the scheme helps, the rest is secret
+        return MASK
+    if isinstance(value, str) and ("://" in value or "?" in value):
+        value = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, value)
+        return _SECRET_PARAM.sub(lambda m: m.group("head") + MASK, value)
+    if isinstance(value, dict):
+        return {k: mask_secret(str(k), v) for k, v in value.items()}
+    return value
 
 
 @functools.cache

@@ -4,7 +4,8 @@ Answers fast: the response does not wait for the broker unless ``?sync=true``; a
 is validated and produced on the event loop, a large one in a worker thread. Whole-body
 problems are 4xx with a precise message and nothing produced; per-event problems are listed
 in the 202 and the events go to the DLQ. On shutdown (SIGTERM) uvicorn stops taking
-requests, and the lifespan flushes the producer, so every accepted event reaches the broker.
+requests, and the lifespan flushes the producer; what the broker has not taken within the
+grace period is journaled and delivered at the next start (``journal.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from eventplatform.collect.intake import (
     producer_limits,
     read_body,
 )
+from eventplatform.collect.journal import DeliveryJournal, producer_settings
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.openapi import openapi_document
 from eventplatform.collect.quotas import Quotas
@@ -137,6 +139,7 @@ class Collector:
             k.bootstrap,
             **producer_limits(c.producer_max_messages, max_bytes),
             **{"linger.ms": c.producer_linger_ms},
+            **producer_settings(c.delivery_timeout_s),
         )
         self.intake = Intake(
             self.producer,
@@ -159,33 +162,41 @@ class Collector:
         )
         self.admission: Admission | None = None  # made on the event loop (lifespan)
         self.sync_waits: dict[str, int] = {}
+        # Accepted means delivered: what the broker does not take is kept, never dropped.
+        self.journal = DeliveryJournal(settings.collector_journal_dir, self.producer, self.metrics)
+        self.intake.keep = self.journal.keep
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
         self._poller.start()
+        self.journal.replay_in_background()
 
     def buffer_has_room(self) -> bool:
         """Half the producer's buffer free: producing a small batch will not have to wait."""
         return len(self.producer) < self.settings.collector.producer_max_messages // 2
 
     def _poll(self) -> None:
-        """Serve delivery callbacks while requests do not (they only produce)."""
+        """Serve delivery callbacks while requests do not (they only produce), and let the
+        journal write what it kept (outside the callbacks)."""
         while not self._stop.is_set():
             self.producer.poll(0.1)
+            try:
+                self.journal.maintain()
+            except OSError:  # a full disk: what was kept stays in memory, tried again
+                log.exception("the journal could not be written")
+                time.sleep(1)
 
     def close(self, timeout_s: float | None = None) -> int:
-        """Flush what was accepted. By default wait as long as the producer itself keeps
-        retrying (its delivery timeout): a broker that is down or slow to come back must not
-        make the collector abandon events it answered 202 for."""
+        """Flush what was accepted for up to ``EP_COLLECTOR_SHUTDOWN_FLUSH_S``; what the
+        broker has not taken by then goes to the journal, delivered at the next start.
+        Returns the messages neither delivered nor journaled (0 unless the disk failed)."""
         self._stop.set()
         self._poller.join(timeout=5)
         if timeout_s is None:
             timeout_s = self.settings.collector.shutdown_flush_s
-        remaining = self.producer.flush(timeout_s)
-        if remaining:
-            log.error("%d messages not delivered at shutdown", remaining)
-        else:
-            log.info("producer flushed: every accepted event reached the broker")
-        return remaining
+        lost = self.journal.close(timeout_s)
+        if lost:
+            log.error("%d accepted messages neither delivered nor journaled", lost)
+        return lost
 
 
 class _EventsAnswer(JSONResponse):

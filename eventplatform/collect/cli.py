@@ -114,9 +114,20 @@ def collect(
 @click.argument("ndjson_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--customer", required=True, help="The customer the events belong to.")
 @click.option("--batch", type=int, default=5000, show_default=True)
-def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
-    """Replay an NDJSON file through the same validation as HTTP; waits for delivery."""
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the broker after the file's end; then what it has not taken "
+    "is journaled (delivered by the next collector or replay).",
+)
+def ingest(ndjson_file: Path, customer: str, batch: int, wait_s: float) -> None:
+    """Replay an NDJSON file through the same validation as HTTP; waits for delivery (what
+    the broker has not taken --wait seconds after the end, or at Ctrl-C, is journaled)."""
     from eventplatform.collect.intake import Intake, parse_body, producer_limits
+    from eventplatform.collect.journal import DeliveryJournal, producer_settings
     from eventplatform.collect.metrics import Metrics
     from eventplatform.collect.quotas import Quotas
     from eventplatform.kafka.clients import make_producer
@@ -129,15 +140,22 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
         )
         sys.exit(1)
     max_messages, max_bytes = 100_000, 256 * 2**20
-    producer = make_producer(k.bootstrap, **producer_limits(max_messages, max_bytes))
+    # The collector's producer set-up: no delivery timeout, and its journal (which this
+    # replays first, and leaves what the broker did not take in, for whichever starts next).
+    producer = make_producer(
+        k.bootstrap,
+        **producer_limits(max_messages, max_bytes),
+        **producer_settings(settings.collector.delivery_timeout_s),
+    )
     infinite = float("inf")
+    metrics = Metrics()
     intake = Intake(
         producer,
         k.raw_topic,
         k.overflow_topic,
         k.dlq_topic,
         Quotas(infinite, infinite, infinite, infinite),
-        Metrics(),
+        metrics,
         max_messages,
         source="replay",
         max_buffered_bytes=max_bytes,
@@ -145,37 +163,59 @@ def ingest(ndjson_file: Path, customer: str, batch: int) -> None:
         max_event_bytes=settings.collector.max_event_bytes,
         dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )
+    journal = DeliveryJournal(settings.collector_journal_dir, producer, metrics)
+    intake.keep = journal.keep
+    journal.replay_in_background()
     totals = {"accepted": 0, "rejected": 0}
     started = time.monotonic()
     size = ndjson_file.stat().st_size
-    with (
-        open(ndjson_file, "rb") as f,
-        click.progressbar(length=size, label="replaying", file=sys.stderr) as progress,
-    ):
-        lines: list[bytes] = []
-        for line in [*f, None]:
-            if line is not None and line.strip():
-                lines.append(line)
-            if lines and (line is None or len(lines) >= batch):
-                pairs = parse_body(
-                    b"\n".join(lines),
-                    "application/x-ndjson",
-                    len(lines),
-                    settings.collector.max_event_bytes,
-                )
-                # A slow broker slows the replay down; only one that stays away for the
-                # producer's whole delivery timeout stops it (before this batch is produced).
-                result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=300)
-                totals["accepted"] += result.accepted
-                totals["rejected"] += len(result.rejected)
-                for r in result.rejected[:20]:
-                    click.echo(f"rejected: {'; '.join(r.errors)}", err=True)
-                progress.update(sum(len(x) for x in lines))
-                lines = []
-    remaining = producer.flush(120)
-    if remaining or intake.delivery_failures:
+    taken_lines = 0  # lines of the file accepted: delivered or, at the end, journaled
+    interrupted = False
+    try:
+        with (
+            open(ndjson_file, "rb") as f,
+            click.progressbar(length=size, label="replaying", file=sys.stderr) as progress,
+        ):
+            lines: list[bytes] = []
+            read_lines = 0
+            for line in [*f, None]:
+                if line is not None:
+                    read_lines += 1
+                    if line.strip():
+                        lines.append(line)
+                if lines and (line is None or len(lines) >= batch):
+                    pairs = parse_body(
+                        b"\n".join(lines),
+                        "application/x-ndjson",
+                        len(lines),
+                        settings.collector.max_event_bytes,
+                    )
+                    # A broker that is down slows the replay down to a stop; it waits.
+                    result = intake.accept(customer, pairs, len(pairs), wait_for_room_s=infinite)
+                    taken_lines = read_lines
+                    totals["accepted"] += result.accepted
+                    totals["rejected"] += len(result.rejected)
+                    for r in result.rejected[:20]:
+                        click.echo(f"rejected: {'; '.join(r.errors)}", err=True)
+                    progress.update(sum(len(x) for x in lines))
+                    lines = []
+                    journal.maintain()
+    except KeyboardInterrupt:
+        interrupted = True
+    lost = journal.close(0 if interrupted else wait_s)
+    journaled = int(metrics.get("collector_journal_written_total"))
+    failed = int(
+        sum(v for (n, _), v in metrics.counters.items() if n == "collector_delivery_failures_total")
+    )
+    if interrupted or lost or journaled or failed:
         click.secho(
-            f"error: {remaining} undelivered, {intake.delivery_failures} failed", fg="red", err=True
+            f"error: lines 1-{taken_lines} of {ndjson_file} were taken ({totals['accepted']} "
+            f"accepted): {journaled} of their messages are not delivered yet and wait in "
+            f"{settings.collector_journal_dir} (the next collector or replay delivers them), "
+            f"{failed} were refused by the broker for good (in its failed/), {lost} could not "
+            "be journaled" + (f"; resume from line {taken_lines + 1}" if interrupted else ""),
+            fg="red",
+            err=True,
         )
         sys.exit(1)
     click.echo(

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -305,6 +306,9 @@ class Intake:
         self.max_event_bytes, self.dlq_max_value_bytes = max_event_bytes, dlq_max_value_bytes
         self.codec, self.validator = EventCodec(), EventValidator(policy=policy)
         self.delivery_failures = 0
+        # Who keeps a message that was not delivered (the collector's journal): it produces
+        # it again (True) or keeps it on disk (False), and counts and logs that itself.
+        self.keep: Callable[[Any, Any, Callable[[Any, Any], None]], bool] | None = None
         # Room is checked and taken under one lock (requests produce from several threads),
         # and the value bytes waiting for the broker are counted here: librdkafka does not
         # say how many bytes it holds.
@@ -316,6 +320,15 @@ class Intake:
         """Each message's delivery report (served by whoever polls the producer): the produce
         latency when acknowledged, else the failure counted and logged with the event id.
         One bound callback for every message, so nothing is allocated per message for it."""
+        if err is not None and self.keep is not None:
+            again = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
+            if self.keep(err, msg, again):
+                return  # produced again: still in the buffer, and its request still waits
+            with self._bytes_lock:
+                self.buffered_bytes -= len(msg)
+            if waiter is not None:
+                waiter.delivered(f"not delivered, kept in the collector's journal: {err}")
+            return
         with self._bytes_lock:
             self.buffered_bytes -= len(msg)
         if err is None:
