@@ -315,3 +315,21 @@ def test_two_workers_replay_one_journal_once(topics: Settings) -> None:
 
 def counter_of(metrics: Metrics, name: str) -> float:
     return sum(v for (n, _), v in metrics.counters.items() if n == name)
+
+
+def test_a_fatal_producer_error_is_journaled_and_stops_intake(bootstrap: str, tmp_path) -> None:
+    """A fatal librdkafka error (the idempotent producer's sequence broken) cannot be made to
+    happen on a real broker on demand, so its delivery report is handed to the journal here
+    as librdkafka would: the message is kept for the next start, and the journal says the
+    producer failed, which the collector turns into 503s and a failing /readyz."""
+    from confluent_kafka import KafkaError, Message
+
+    journal = DeliveryJournal(tmp_path / "journal", make_producer(bootstrap), Metrics())
+    message = Message(topic="events.raw", partition=0, key=b"acme", value=b"event bytes")
+    fatal = KafkaError(KafkaError._FATAL, "sequence desynchronised", fatal=True)
+    assert journal.keep(fatal, message, lambda err, msg: None) is False
+    assert journal.producer_failed and "sequence desynchronised" in journal.producer_failed
+    journal.maintain()
+    (written,) = list((tmp_path / "journal").glob("*.journal"))
+    (record,) = [Record.from_json(line) for line in written.read_bytes().splitlines()]
+    assert (record.key, record.value) == (b"acme", b"event bytes")

@@ -365,6 +365,12 @@ async def _work(
     except BodyError as exc:
         return _error(400, f"{exc}; nothing was accepted")
 
+    if collector.journal.producer_failed:  # it would only journal: nothing gets delivered
+        return _error(
+            503,
+            f"the collector's producer failed for good ({collector.journal.producer_failed}); "
+            "nothing was accepted: it takes events again once restarted",
+        )
     decision = collector.intake.quotas.decide(customer, len(pairs))
     if not decision.allowed:
         return _error(
@@ -410,6 +416,9 @@ async def readyz(request: Request) -> Response:
         except Exception:
             return False
 
+    if collector.journal.producer_failed:
+        failed = collector.journal.producer_failed
+        return JSONResponse({"status": f"producer failed: {failed}"}, status_code=503)
     if await run_in_threadpool(broker_up):
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "broker unreachable"}, status_code=503)

@@ -199,6 +199,10 @@ class DeliveryJournal:
         self._again: list[tuple[Record, DeliveryCallback]] = []  # produce again (BufferError)
         self._replays: list[_Replay] = []
         self._replayer: threading.Thread | None = None
+        # Set once librdkafka reports a fatal error (e.g. the idempotent producer's
+        # sequence broke): the producer delivers nothing more, so the collector must stop
+        # accepting (503) and say so on /readyz rather than journal every request.
+        self.producer_failed: str | None = None
 
     # -- delivery reports ---------------------------------------------------------------
 
@@ -210,7 +214,9 @@ class DeliveryJournal:
         code = err.code()
         if code in _PURGED or code == KafkaError._FATAL or self._closing.is_set():
             if code == KafkaError._FATAL:
-                log.critical("the producer failed for good (%s): restart the collector", err)
+                if self.producer_failed is None:
+                    log.critical("the producer failed for good (%s): restart the collector", err)
+                self.producer_failed = str(err)
             with self._lock:
                 self._purged.append(record)
             return False
