@@ -333,6 +333,7 @@ class Platform:
             try:
                 service.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                self.log(f"{service.name} did not stop within 30 s; killing it")
                 os.killpg(service.process.pid, signal.SIGKILL)
                 service.process.wait()
             if service.pump is not None:
