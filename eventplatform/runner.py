@@ -80,10 +80,17 @@ def platform_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-# `dagster dev` is superseded by `dg dev` (dagster-dg-cli, not a dependency here); it is
-# still Dagster 1.13's supported way to run webserver and daemon together, so its one
-# supersession notice is filtered by its exact text, not every FutureWarning.
-DAGSTER_DEV_NOTICE = "ignore:Function `dev_command` is superseded:FutureWarning"
+# Two notices Dagster 1.13 prints on every clean start that need nothing from the user,
+# filtered by their exact text (not by category) in `dagster dev` and its children:
+# - `dagster dev` is superseded by `dg dev` (dagster-dg-cli, not a dependency here); it is
+#   still 1.13's supported way to run the webserver and the daemon together;
+# - Dagster itself, binding Definitions-level resources to a sensor's job, re-creates the
+#   sensor passing `owners=None` as a keyword, which its beta-parameter check reports as if
+#   the sensor had owners (no sensor here sets any).
+DAGSTER_NOTICES = (
+    "ignore:Function `dev_command` is superseded:Warning",
+    "ignore:Parameter `owners` of initializer `SensorDefinition.__init__`:Warning",
+)
 
 # Dagster's "colored" log format; stripped, so the files read plainly and levels match.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -191,9 +198,14 @@ class Platform:
         log_file = folder / f"{name}.log"
         with log_file.open("a", encoding="utf-8") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} eventplatform run: {name}\n")
+        env = platform_env(self.settings)
+        if name == "dagster":
+            env["PYTHONWARNINGS"] = ",".join(
+                filter(None, [env.get("PYTHONWARNINGS", ""), *DAGSTER_NOTICES])
+            )
         process = subprocess.Popen(
             args,
-            env=platform_env(self.settings),
+            env=env,
             cwd=cwd,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -220,14 +232,13 @@ class Platform:
     def start_dagster(self) -> None:
         """`dagster dev` (webserver and daemon), run from DAGSTER_HOME: started from the
         repository, it would see the repository's dagster.yaml (the template of the
-        instance's copy) and warn that it is not the one in use."""
+        instance's copy) and warn that it is not the one in use. Its two other start-up
+        notices are filtered (DAGSTER_NOTICES)."""
         d = self.settings.dagster
         service = self.spawn(
             "dagster",
             [
                 sys.executable,
-                "-W",
-                DAGSTER_DEV_NOTICE,
                 "-m",
                 "dagster",
                 "dev",
