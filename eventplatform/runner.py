@@ -4,18 +4,26 @@ Order: broker (unless an external cluster is configured), topics, the collector,
 PostgreSQL (only with EP_DAGSTER_STORAGE=postgres and no external server), then `dagster dev`
 and the demo as child processes. Whatever this command started, it stops: children first,
 then PostgreSQL, the broker last.
+
+The console carries the platform's own lines: where each part listens, the demo's progress,
+and what needs the user (a child's warnings and errors, a child that exits). Everything a
+child prints goes whole to its file under <data_dir>/logs, named on screen: Dagster's
+webserver and daemon log every tick, which would bury the rest.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -72,10 +80,79 @@ def platform_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# Two notices Dagster 1.13 prints on every clean start that need nothing from the user,
+# filtered by their exact text (not by category) in `dagster dev` and its children:
+# - `dagster dev` is superseded by `dg dev` (dagster-dg-cli, not a dependency here); it is
+#   still 1.13's supported way to run the webserver and the daemon together;
+# - Dagster itself, binding Definitions-level resources to a sensor's job, re-creates the
+#   sensor passing `owners=None` as a keyword, which its beta-parameter check reports as if
+#   the sensor had owners (no sensor here sets any).
+DAGSTER_NOTICES = (
+    "ignore:Function `dev_command` is superseded:Warning",
+    "ignore:Parameter `owners` of initializer `SensorDefinition.__init__`:Warning",
+)
+
+# Dagster's "colored" log format; stripped, so the files read plainly and levels match.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A line a user must see: a Python logging level (uvicorn's "WARNING:", the collector's
+# "ERROR:     eventplatform...", Dagster's "- ERROR -"), a traceback, or a crash.
+_NEEDS_USER = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback|Error:")
+# The simulator's progress line: "[  35s] sent 3500 events (x1.0 of the average rate now)".
+_PROGRESS = re.compile(r"^\[\s*(\d+)s\] sent ")
+# At most one demo progress line on the console per this many seconds of the simulator's run.
+DEMO_PROGRESS_EVERY_S = 60
+
+
+def log_dir(settings: Settings) -> Path:
+    """Where the children's output goes (one file per child, appended across runs)."""
+    return settings.data_dir / "logs"
+
+
+def console_filter(name: str) -> Callable[[str], str | None]:
+    """What of a child's line reaches the console (None: the file only). Dagster: its
+    warnings and errors only; the simulator: a progress line a minute and anything else it
+    says; the collector: its warnings and errors (uvicorn's startup chatter stays in the file)."""
+    if name == "simulator":
+        last = {"t": -float(DEMO_PROGRESS_EVERY_S)}
+
+        def simulator(line: str) -> str | None:
+            progress = _PROGRESS.match(line)
+            if progress is None:
+                return line
+            elapsed = int(progress.group(1))
+            if elapsed - last["t"] < DEMO_PROGRESS_EVERY_S:
+                return None
+            last["t"] = elapsed
+            return line
+
+        return simulator
+
+    def needs_user(line: str) -> str | None:
+        return line if _NEEDS_USER.search(line) else None
+
+    return needs_user
+
+
 @dataclass
 class Service:
     name: str
     process: subprocess.Popen
+    log_file: Path
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+
+def _pump(
+    stream: IO[str], log_file: Path, keep: Callable[[str], str | None], echo: Callable
+) -> None:
+    """Copy a child's output to its file, line by line, and the lines `keep` passes to the
+    console. Runs until the child closes its output (it exits)."""
+    with log_file.open("a", encoding="utf-8") as out:
+        for raw in stream:
+            line = _ANSI.sub("", raw.rstrip())
+            out.write(line + "\n")
+            out.flush()
+            if line and (shown := keep(line)) is not None:
+                echo(shown)
 
 
 class Platform:
@@ -113,15 +190,52 @@ class Platform:
         self.started_postgres = not server.status().running
         self.log(f"postgres: {server.start().detail}")
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], cwd: Path = REPO_ROOT) -> Service:
+        """Start a child in its own session (so stop() can signal its whole group), its
+        output to <data_dir>/logs/<name>.log and what needs the user to the console."""
+        folder = log_dir(self.settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        log_file = folder / f"{name}.log"
+        with log_file.open("a", encoding="utf-8") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} eventplatform run: {name}\n")
+        env = platform_env(self.settings)
+        if name == "dagster":
+            env["PYTHONWARNINGS"] = ",".join(
+                filter(None, [env.get("PYTHONWARNINGS", ""), *DAGSTER_NOTICES])
+            )
         process = subprocess.Popen(
-            args, env=platform_env(self.settings), cwd=REPO_ROOT, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
         )
-        self.services.append(Service(name, process))
+        keep = console_filter(name)
+        assert process.stdout is not None
+        pump = threading.Thread(
+            target=_pump,
+            args=(process.stdout, log_file, keep, lambda line: self.log(f"{name}: {line}")),
+            name=f"log-{name}",
+            daemon=True,
+        )
+        pump.start()
+        service = Service(name, process, log_file, pump)
+        self.services.append(service)
+        return service
 
     def start_dagster(self) -> None:
+        """`dagster dev` (webserver and daemon), run from DAGSTER_HOME: started from the
+        repository, it would see the repository's dagster.yaml (the template of the
+        instance's copy) and warn that it is not the one in use. Its two other start-up
+        notices are filtered (DAGSTER_NOTICES)."""
         d = self.settings.dagster
-        self.spawn(
+        service = self.spawn(
             "dagster",
             [
                 sys.executable,
@@ -135,19 +249,38 @@ class Platform:
                 "-p",
                 str(d.port),
             ],
+            cwd=prepare_dagster_home(self.settings),
         )
-        self.log(f"dagster: UI at http://{d.host}:{d.port}")
+        self.log(f"dagster: starting; its own logs go to {service.log_file}")
+
+    def wait_for_dagster(self, wait_s: float = 180) -> bool:
+        """Say where the UI is once it answers (not before, so the line is true)."""
+        d = self.settings.dagster
+        service = next(s for s in self.services if s.name == "dagster")
+        url = f"http://{d.host}:{d.port}"
+        deadline = time.monotonic() + wait_s
+        while not _answers(f"{url}/server_info"):
+            if service.process.poll() is not None:
+                return False  # wait() says so, with its exit code and log file
+            if time.monotonic() > deadline:
+                self.log(f"dagster: the UI is not answering yet at {url}; see {service.log_file}")
+                return False
+            time.sleep(0.5)
+        self.log(f"dagster: UI at {url}")
+        return True
 
     def start_collector(self) -> None:
         c = self.settings.collector
-        self.spawn("collector", [sys.executable, "-m", "eventplatform.cli", "collect"])
+        service = self.spawn("collector", [sys.executable, "-m", "eventplatform.cli", "collect"])
         url, admin = f"http://{c.host}:{c.port}", f"http://{c.admin_host}:{c.admin_port}"
         deadline = time.monotonic() + 60
         while not (_answers(f"{url}/healthz") and _answers(f"{admin}/healthz")):
-            if time.monotonic() > deadline or self.services[-1].process.poll() is not None:
-                raise RuntimeError(f"the collector did not come up on {url} and {admin}")
+            if time.monotonic() > deadline or service.process.poll() is not None:
+                raise RuntimeError(
+                    f"the collector did not come up on {url} and {admin}; see {service.log_file}"
+                )
             time.sleep(0.3)
-        self.log(f"collector: {url}/v1/events")
+        self.log(f"collector: {url}/v1/events (its logs: {service.log_file})")
         self.log(f"collector admin: {admin}/metrics, {admin}/readyz, {admin}/openapi.json")
 
     def start_demo(self, rate: float) -> None:
@@ -175,7 +308,11 @@ class Platform:
                 "3600",
             ],
         )
-        self.log(f"simulator: {rate:g} events/s on average (a day compressed into an hour)")
+        self.log(
+            f"simulator: {rate:g} events/s on average (a day compressed into an hour); "
+            f"progress every {DEMO_PROGRESS_EVERY_S} s here, all of it in "
+            f"{log_dir(self.settings) / 'simulator.log'}"
+        )
 
     def wait(self) -> int:
         """Block until a service exits or we are told to stop; return an exit code."""
@@ -190,7 +327,10 @@ class Platform:
             for service in self.services:
                 code = service.process.poll()
                 if code is not None:
-                    self.log(f"{service.name} exited with code {code}; stopping the platform")
+                    self.log(
+                        f"{service.name} exited with code {code} (see {service.log_file}); "
+                        "stopping the platform"
+                    )
                     return code or 1
             time.sleep(0.5)
         return 0
@@ -204,8 +344,11 @@ class Platform:
             try:
                 service.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                self.log(f"{service.name} did not stop within 30 s; killing it")
                 os.killpg(service.process.pid, signal.SIGKILL)
                 service.process.wait()
+            if service.pump is not None:
+                service.pump.join(timeout=5)  # the last lines reach the file
         if self.started_postgres:
             self.log("stopping postgres")
             local_postgres(self.settings).stop()
@@ -224,8 +367,13 @@ def _answers(url: str) -> bool:
         return False
 
 
+def console(line: str) -> None:
+    """One console line, with the time: the children's lines arrive from their threads."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
 def run_platform(settings: Settings, demo: bool = True, demo_rate: float = 100.0) -> int:
-    platform = Platform(settings)
+    platform = Platform(settings, log=console)
     try:
         platform.start_kafka()
         platform.start_collector()
@@ -233,7 +381,11 @@ def run_platform(settings: Settings, demo: bool = True, demo_rate: float = 100.0
         platform.start_dagster()
         if demo:
             platform.start_demo(demo_rate)
+        platform.wait_for_dagster()
         platform.log("running; Ctrl-C stops everything started here")
         return platform.wait()
+    except KeyboardInterrupt:  # Ctrl-C while starting: stop what started, no traceback
+        platform.log("interrupted while starting")
+        return 130
     finally:
         platform.stop()

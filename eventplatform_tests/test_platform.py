@@ -18,7 +18,7 @@ import pytest
 
 from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.kafka.broker import free_port
-from eventplatform.runner import Platform
+from eventplatform.runner import Platform, log_dir
 from eventplatform.settings import REPO_ROOT, Settings, get_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -184,3 +184,11 @@ def test_simulated_traffic_lands_reconciles_and_shows_in_the_ui(
         shot.unlink(missing_ok=True)
         chromium(f"{base}{path}", tmp_path / f"profile-{name}", f"--screenshot={shot}")
         assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page, not blank
+
+    # `dagster dev`'s output went to its file, without the start-up warnings it used to
+    # print (the superseded command, a dagster.yaml in its working directory, the sensors'
+    # `owners` beta notice): a clean start warns of nothing.
+    dagster_log = (log_dir(settings) / "dagster.log").read_text()
+    assert "Serving dagster-webserver" in dagster_log
+    for notice in ("is superseded", "will not be used", "Parameter `owners`"):
+        assert notice not in dagster_log, notice
