@@ -123,11 +123,13 @@ def test_dagster_definitions_validate(tmp_path: Path) -> None:
 
 
 def test_kafka_topics_asset_creates_the_platform_topics(platform_env: Settings) -> None:
-    from eventplatform.defs import defs
+    from eventplatform.defs.ingest.assets import kafka_topics
+    from eventplatform.defs.resources import platform_resources
 
-    asset = defs.resolve_assets_def("kafka_topics")  # resources as the Definitions bind them
     with DagsterInstance.ephemeral() as instance:
-        result = materialize([asset], instance=instance)
+        result = materialize(
+            [kafka_topics], instance=instance, resources=platform_resources(platform_env)
+        )
         assert result.success
         materialization = result.asset_materializations_for_node("kafka_topics")[0]
         assert "created" in materialization.metadata["topics"].value
