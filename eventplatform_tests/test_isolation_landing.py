@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -33,9 +31,10 @@ from eventplatform.land.batches import EventRows
 from eventplatform.land.fence import ShardBusy, ShardLock
 from eventplatform.land.lake import LATE_HOUR
 from eventplatform.land.sources import build_lander
-from eventplatform.settings import REPO_ROOT, Settings
+from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count
+from eventplatform_tests.test_land_crash import lander_process
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -230,20 +229,6 @@ def test_twenty_years_in_one_batch_land_or_go_to_the_dlq_and_the_shard_moves_on(
     assert late_folders
 
 
-def _lander_process(env: dict[str, str], crash_at: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, **env, "EP_LAND_RAW_SHARDS": "1"}
-    if crash_at:
-        env["EP_LAND_CRASH_AT"] = crash_at
-    return subprocess.Popen(
-        [sys.executable, "-m", "eventplatform.cli", "land", "--idle-stop", "5", "--quiet"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_a_batch_over_more_months_than_clickhouse_takes_lands_once_even_after_kill_nine(
     topics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,11 +239,15 @@ def test_a_batch_over_more_months_than_clickhouse_takes_lands_once_even_after_ki
     monkeypatch.setenv("EP_EVENTS_MAX_AGE_DAYS", str(25 * 366))
     settings = topics
     sent = _produce_spread(settings, 2400, years=20)
-    env = {"EP_EVENTS_MAX_AGE_DAYS": str(25 * 366), "EP_LAND_BATCH_MAX_RECORDS": "5000"}
-    crashed = _lander_process(env, crash_at="after_clickhouse")
+    env = {
+        "EP_EVENTS_MAX_AGE_DAYS": str(25 * 366),
+        "EP_LAND_BATCH_MAX_RECORDS": "5000",
+        "EP_LAND_BATCH_MAX_WAIT_S": "1.0",
+    }
+    crashed = lander_process("after_clickhouse", idle_stop_s=5, **env)
     out, _ = crashed.communicate(timeout=120)
     assert crashed.returncode == -signal.SIGKILL, out
-    finished = _lander_process(env)
+    finished = lander_process(None, idle_stop_s=5, **env)
     out, _ = finished.communicate(timeout=120)
     assert finished.returncode == 0, out
     assert "replaying the batch" in out
@@ -283,7 +272,7 @@ def test_a_second_lander_on_a_shard_is_fenced_off(topics: Settings) -> None:
     holding = ShardLock(first.lock.path, "shard")
     holding.acquire(0)  # as a running lander holds it
     try:
-        cli = _lander_process({"EP_LAND_SHARD_LOCK_WAIT_S": "1"})
+        cli = lander_process(None, idle_stop_s=5, EP_LAND_SHARD_LOCK_WAIT_S="1")
         out, _ = cli.communicate(timeout=60)
         assert cli.returncode != 0 and "is being landed by another process" in out, out
         assert f"pid {os.getpid()}" in out

@@ -59,17 +59,29 @@ def produce_steadily(settings: Settings, done: threading.Event, sent: list[str])
     done.set()
 
 
-def lander_process(crash_at: str | None) -> subprocess.Popen:
+def lander_process(
+    crash_at: str | None, idle_stop_s: int = 30, **env_vars: str
+) -> subprocess.Popen:
+    """`eventplatform land` of the one raw shard (small batches unless ``env_vars`` say)."""
     env = {
         **os.environ,
         "EP_LAND_RAW_SHARDS": "1",
         "EP_LAND_BATCH_MAX_RECORDS": "150",
         "EP_LAND_BATCH_MAX_WAIT_S": "0.2",
+        **env_vars,
     }
     if crash_at:
         env["EP_LAND_CRASH_AT"] = crash_at
     return subprocess.Popen(
-        [sys.executable, "-m", "eventplatform.cli", "land", "--idle-stop", "30", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "eventplatform.cli",
+            "land",
+            "--idle-stop",
+            str(idle_stop_s),
+            "--quiet",
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
