@@ -226,7 +226,7 @@ def reconcile_command(since: str) -> None:
 def _recorded_marts_backfill(first: date, last: date, names: list[str] | None) -> BackfillRun:
     """`marts build` records its run in the Dagster instance; the marts package does not know
     Dagster, so the orchestration layer is handed to it here (imported only when used)."""
-    from eventplatform.defs.marts import recorded_backfill
+    from eventplatform.defs.marts.backfill import recorded_backfill
 
     return recorded_backfill(first, last, names)
 

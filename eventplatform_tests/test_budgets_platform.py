@@ -58,9 +58,12 @@ def test_cli_loads_reports_and_watches(platform_env: Settings, tmp_path: Path) -
     assert "adnet-00-cmp-1" in status.stdout and "paused_daily" in status.stdout
 
     with DagsterInstance.ephemeral() as instance:
-        from eventplatform.defs import defs
+        from eventplatform.defs.budgets.assets import campaign_budgets
+        from eventplatform.defs.resources import platform_resources
 
-        result = materialize([defs.resolve_assets_def("campaign_budgets")], instance=instance)
+        result = materialize(
+            [campaign_budgets], instance=instance, resources=platform_resources(platform_env)
+        )
         assert result.success
         metadata = result.asset_materializations_for_node("campaign_budgets")[0].metadata
         assert metadata["signals_sent"].value == 1
@@ -73,8 +76,9 @@ def test_cli_loads_reports_and_watches(platform_env: Settings, tmp_path: Path) -
 
 
 def test_overspend_check_fails_on_overspend_and_passes_otherwise(platform_env: Settings) -> None:
-    from eventplatform.defs import defs
+    from eventplatform.definitions import build_defs
 
+    defs = build_defs(platform_env)
     ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
     clickhouse = platform_clickhouse(platform_env)
     from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns

@@ -119,18 +119,51 @@ def test_dagster_definitions_validate(tmp_path: Path) -> None:
         env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Validation successful for code location eventplatform" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Validation successful for code location eventplatform" in output
+    assert "WARNING" not in output  # e.g. dg.toml's code location name must match workspace's
 
 
 def test_kafka_topics_asset_creates_the_platform_topics(platform_env: Settings) -> None:
-    from eventplatform.defs import defs
+    from eventplatform.defs.ingest.assets import kafka_topics
+    from eventplatform.defs.resources import platform_resources
 
-    asset = defs.resolve_assets_def("kafka_topics")  # resources as the Definitions bind them
     with DagsterInstance.ephemeral() as instance:
-        result = materialize([asset], instance=instance)
+        result = materialize(
+            [kafka_topics], instance=instance, resources=platform_resources(platform_env)
+        )
         assert result.success
         materialization = result.asset_materializations_for_node("kafka_topics")[0]
         assert "created" in materialization.metadata["topics"].value
     topics = make_admin(platform_env.kafka.bootstrap).list_topics(timeout=10).topics
     assert len(topics[platform_env.kafka.raw_topic].partitions) == 4
     assert platform_env.kafka.control_topic in topics
+
+
+def test_the_topics_are_observed_with_partitions_end_offsets_and_lag(
+    platform_env: Settings,
+) -> None:
+    """`kafka_topics` between materializations: the sensor's observation says what is there."""
+    from dagster import build_sensor_context
+
+    from eventplatform.defs.ingest.observe import observe_kafka_topics
+    from eventplatform.defs.resources import platform_resources
+    from eventplatform.kafka.clients import make_producer
+    from eventplatform.kafka.topics import ensure_topics, platform_topics
+
+    k = platform_env.kafka
+    ensure_topics(make_admin(k.bootstrap), [t for t in platform_topics(k) if t.name != k.dlq_topic])
+    producer = make_producer(k.bootstrap)
+    for i in range(3):
+        producer.produce(k.raw_topic, value=b"x", partition=i)
+    assert producer.flush(10) == 0
+
+    context = build_sensor_context(resources=platform_resources(platform_env))
+    (observation,) = observe_kafka_topics(context).asset_events
+    metadata = {key: value.value for key, value in observation.metadata.items()}
+    assert observation.asset_key.path == ["kafka_topics"]
+    assert metadata["raw_partitions"] == 4 and metadata["raw_end_offsets"] == 3
+    assert metadata["raw_lag"] == 3  # the landing group has committed nothing yet
+    assert metadata["overflow_end_offsets"] == 0 and metadata["overflow_lag"] == 0
+    assert metadata["dlq_partitions"] == 0  # not created: reported, the others still observed
+    assert f"| {k.dlq_topic} | missing |" in metadata["topics"]

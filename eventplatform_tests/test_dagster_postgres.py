@@ -36,8 +36,8 @@ from dagster._core.storage.runs import SqliteRunStorage
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
 from eventplatform.cli import main
-from eventplatform.defs.landing import SHARD_TAG, land_raw
-from eventplatform.defs.resources import PlatformResource
+from eventplatform.defs.ingest.sensors import SHARD_TAG, land_sensor
+from eventplatform.defs.resources import platform_resources
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_producer
 from eventplatform.postgres import LocalPostgres, PostgresConfig, PostgresError
@@ -67,13 +67,13 @@ def use_server(monkeypatch: pytest.MonkeyPatch, server: LocalPostgres) -> Settin
     monkeypatch.setenv("EP_DAGSTER_STORAGE", "postgres")
     monkeypatch.setenv("EP_DAGSTER_POSTGRES_PORT", str(server.config.port))
     monkeypatch.setenv("EP_DAGSTER_POSTGRES_DATA_DIR", str(server.config.data_dir))
-    get_settings.cache_clear()
-    return get_settings()
+    return Settings()
 
 
 @pytest.fixture
 def own_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """This test's data folder and Dagster home; no settings cached past it."""
+    """This test's data folder and Dagster home. The `eventplatform` command, invoked in this
+    process, reads the cached settings: the cache is cleared for it, and after."""
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     get_settings.cache_clear()
@@ -86,33 +86,31 @@ def test_the_instance_is_sqlite_by_default_and_postgres_with_one_setting(
 ) -> None:
     repo_config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     assert "storage" not in repo_config  # the commented-out block is gone: it is generated
-    home = prepare_dagster_home(get_settings())
+    home = prepare_dagster_home(Settings())
     assert yaml.safe_load((home / "dagster.yaml").read_text()) == repo_config
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_storage, SqliteRunStorage)
 
     monkeypatch.setenv("EP_DAGSTER_STORAGE", "postgres")
-    get_settings.cache_clear()
-    local = instance_config(get_settings())
+    local = instance_config(Settings())
     assert local["storage"] == {
         "postgres": {"postgres_url": "postgresql+psycopg2://dagster@127.0.0.1:5433/dagster"}
     }
     assert local["run_coordinator"] == repo_config["run_coordinator"]
 
     monkeypatch.setenv("EP_DAGSTER_POSTGRES_URL", "postgresql://dagster:s3cret@db.example/dagster")
-    get_settings.cache_clear()
     with pytest.raises(PostgresError, match=r"must start with postgresql\+psycopg2://"):
-        instance_config(get_settings())
+        instance_config(Settings())
     secret_url = "postgresql+psycopg2://dagster:s3cret@db.example:5432/dagster"
     monkeypatch.setenv("EP_DAGSTER_POSTGRES_URL", secret_url)
-    get_settings.cache_clear()
-    home = prepare_dagster_home(get_settings())
+    settings = Settings()
+    home = prepare_dagster_home(settings)
     written = (home / "dagster.yaml").read_text()
     assert "s3cret" not in written  # the URL is read from the environment by Dagster
     assert yaml.safe_load(written)["storage"] == {
         "postgres": {"postgres_url": {"env": "EP_DAGSTER_POSTGRES_URL"}}
     }
-    assert "s3cret" not in str(get_settings().describe())
+    assert "s3cret" not in str(settings.describe())
     said = CliRunner().invoke(main, ["postgres", "start"])
     assert said.exit_code == 0 and "managing none here" in said.output  # nothing started
 
@@ -171,11 +169,9 @@ def test_local_server_restarts_with_its_data_and_says_why_it_cannot_start(
 def test_sensor_landing_run_and_materializations_on_postgres(
     topics: Settings, postgres_server: LocalPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = use_server(monkeypatch, postgres_server)
+    settings = topics  # what the reconstructed job's resources are made from (get_settings())
     settings.land.raw_shards = 2
-    settings.land.idle_stop_s = 1.0
-    settings.land.batch_max_wait_s = 0.3
-    home = prepare_dagster_home(settings)
+    home = prepare_dagster_home(use_server(monkeypatch, postgres_server))
     producer = make_producer(settings.kafka.bootstrap)
     codec = EventCodec()
     now = datetime.now(UTC)
@@ -185,14 +181,13 @@ def test_sensor_landing_run_and_materializations_on_postgres(
     assert producer.flush(10) == 0
 
     job = ReconstructableRepository.for_module(
-        "eventplatform.defs", "defs", working_directory=str(REPO_ROOT)
+        "eventplatform.definitions", "defs", working_directory=str(REPO_ROOT)
     ).get_reconstructable_job("land_events")
+    land_raw = land_sensor("raw", settings.land.sensor_interval_s)
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-        context = build_sensor_context(
-            instance=instance, resources={"platform": PlatformResource()}
-        )
+        context = build_sensor_context(instance=instance, resources=platform_resources(settings))
         requests = land_raw(context)
         assert [r.tags[SHARD_TAG] for r in requests] == [
             f"{settings.kafka.raw_topic}/0",
@@ -213,6 +208,6 @@ def test_sensor_landing_run_and_materializations_on_postgres(
         assert sum(landed) == 40
         assert materializations(instance, "events_clickhouse")
 
-        again = build_sensor_context(instance=instance, resources={"platform": PlatformResource()})
+        again = build_sensor_context(instance=instance, resources=platform_resources(settings))
         assert isinstance(land_raw(again), SkipReason)  # no lag left, nothing to start
     assert clickhouse_count(settings, "SELECT count() FROM {db}.events") == [(40,)]

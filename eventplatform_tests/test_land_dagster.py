@@ -24,8 +24,9 @@ from dagster import (
 from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns
 from eventplatform.budgets.signals import read_last_signals
 from eventplatform.clickhouse import platform_clickhouse
-from eventplatform.defs.landing import SHARD_TAG, land_events, land_raw
-from eventplatform.defs.resources import PlatformResource
+from eventplatform.defs.ingest.landing import land_events
+from eventplatform.defs.ingest.sensors import SHARD_TAG, land_sensor
+from eventplatform.defs.resources import platform_resources
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_consumer, make_producer
 from eventplatform.land.lander import Manifest
@@ -35,16 +36,16 @@ from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count, produce_events
 
 
-def evaluate(instance: DagsterInstance):
-    context = build_sensor_context(instance=instance, resources={"platform": PlatformResource()})
-    return land_raw(context), context.cursor
+def evaluate(instance: DagsterInstance, settings: Settings):
+    context = build_sensor_context(instance=instance, resources=platform_resources(settings))
+    return land_sensor("raw", settings.land.sensor_interval_s)(context), context.cursor
 
 
 def test_sensor_requests_a_run_per_shard_with_lag_and_none_in_flight(topics: Settings) -> None:
     settings = topics
     settings.land.raw_shards = 2
     with DagsterInstance.ephemeral() as instance:
-        result, cursor = evaluate(instance)
+        result, cursor = evaluate(instance, settings)
         assert isinstance(result, SkipReason)  # nothing produced yet: no lag
         assert orjson.loads(cursor) == {"lag": {"0": 0, "1": 0}, "in_flight": []}
 
@@ -57,7 +58,7 @@ def test_sensor_requests_a_run_per_shard_with_lag_and_none_in_flight(topics: Set
             )
         assert producer.flush(10) == 0
 
-        requests, cursor = evaluate(instance)
+        requests, cursor = evaluate(instance, settings)
         assert sorted(r.tags[SHARD_TAG] for r in requests) == [
             f"{settings.kafka.raw_topic}/0",
             f"{settings.kafka.raw_topic}/1",
@@ -73,12 +74,12 @@ def test_sensor_requests_a_run_per_shard_with_lag_and_none_in_flight(topics: Set
             tags={SHARD_TAG: f"{settings.kafka.raw_topic}/0"},
             status=DagsterRunStatus.STARTED,
         )
-        requests, cursor = evaluate(instance)
+        requests, cursor = evaluate(instance, settings)
         assert [r.tags[SHARD_TAG] for r in requests] == [f"{settings.kafka.raw_topic}/1"]
         assert orjson.loads(cursor)["in_flight"] == [0]
 
         build_lander(settings, "raw", 1).run()
-        result, cursor = evaluate(instance)
+        result, cursor = evaluate(instance, settings)
         assert isinstance(result, SkipReason)
         assert orjson.loads(cursor)["lag"] == {"0": 2, "1": 0}
 
@@ -114,7 +115,7 @@ def test_a_landing_run_reports_batches_and_pauses_an_exhausted_campaign(
         result = land_events.execute_in_process(
             run_config={"ops": {"land_shard": {"config": {"source": "raw", "shard": 0}}}},
             instance=instance,
-            resources={"platform": PlatformResource()},
+            resources=platform_resources(settings),
         )
         assert result.success
         lake = instance.get_latest_materialization_event(AssetKey("events_lake"))
@@ -124,6 +125,10 @@ def test_a_landing_run_reports_batches_and_pauses_an_exhausted_campaign(
         assert metadata["rows"].value == 12 and metadata["lag"].value == 0
         assert metadata["latency_p99_ms"].value > 0
         assert metadata["parquet_bytes"].value > 0
+        # The budget controller ran after the batch: campaign_budgets shows it (observed).
+        observed = instance.fetch_observations(AssetKey("campaign_budgets"), limit=1).records
+        budgets = observed[0].asset_observation.metadata
+        assert budgets["status_paused_daily"].value == 1 and budgets["campaigns"].value == 1
 
     signal_value = read_last_signals(settings.kafka.bootstrap, settings.kafka.control_topic)
     assert signal_value["cmp-1"]["action"] == "pause"
@@ -146,7 +151,16 @@ def test_an_interrupted_run_stops_between_batches(topics: Settings, tmp_path: Pa
         "EP_LAND_BATCH_MAX_RECORDS": "50",
         "EP_LAND_IDLE_STOP_S": "120",
     }
-    command = ["job", "execute", "-m", "eventplatform.defs", "-j", "land_events", "-c", str(config)]
+    command = [
+        "job",
+        "execute",
+        "-m",
+        "eventplatform.definitions",
+        "-j",
+        "land_events",
+        "-c",
+        str(config),
+    ]
     log_path = tmp_path / "run.log"  # a file, not a pipe: nobody reads while the run logs
     with open(log_path, "wb") as log_file:
         runner = subprocess.Popen(

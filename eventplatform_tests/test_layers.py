@@ -69,7 +69,7 @@ def violations(root: Path, packages: list[str], forbidden: list[str]) -> list[st
     return found
 
 
-UPWARD = ["dagster", "eventplatform.defs"]
+UPWARD = ["dagster", "eventplatform.defs", "eventplatform.definitions"]
 
 
 def test_the_domain_packages_import_neither_dagster_nor_defs() -> None:
@@ -90,7 +90,8 @@ def test_events_and_kafka_import_no_domain_package_above_them() -> None:
         "import dagster as dg",
         "from dagster import asset",
         "import dagster_postgres",
-        "def f():\n    from eventplatform.defs.marts import materialize_range",
+        "def f():\n    from eventplatform.defs.marts.backfill import materialize_range",
+        "from eventplatform.definitions import build_defs",
         "from eventplatform import defs",
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dagster import Definitions",
         "from ...defs import resources",  # in eventplatform/land/x/: eventplatform.defs

@@ -23,19 +23,14 @@ from dagster import (
     materialize,
 )
 
-from eventplatform.defs.marts import (
-    FINGERPRINTS,
-    MARTS,
-    marts,
-    marts_daily,
-    marts_intraday,
-    marts_late_data,
-)
-from eventplatform.defs.resources import PlatformResource
-from eventplatform.settings import REPO_ROOT, Settings, get_settings
+from eventplatform.defs.marts.assets import FINGERPRINTS, marts_asset
+from eventplatform.defs.marts.automation import marts_late_data_sensor, marts_schedules
+from eventplatform.defs.resources import platform_resources
+from eventplatform.marts.catalog import load_marts
+from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.marts_data import D0, D1, D2, ad, land, make_lake
 
-ALL = sorted(m.name for m in MARTS)
+ALL = sorted(m.name for m in load_marts(REPO_ROOT / "sql" / "marts"))
 HISTORY = ["product_active_users_daily", "product_retention_weekly"]
 
 
@@ -46,12 +41,13 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
         yield inst
 
 
-def build(instance: DagsterInstance, day: date, names: list[str] | None = None):
+def build(settings: Settings, instance: DagsterInstance, day: date, names: list[str] | None = None):
+    """Materialize a day of the marts, the multi-asset and its resources made from ``settings``."""
     return materialize(
-        [marts],
+        [marts_asset(settings)],
         instance=instance,
         partition_key=day.isoformat(),
-        resources={"platform": PlatformResource()},
+        resources=platform_resources(settings),
         selection=[AssetKey(n) for n in names] if names else None,
     )
 
@@ -69,9 +65,9 @@ def impressions(settings: Settings, day: date) -> int:
 
 
 def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> None:
-    from eventplatform.defs import defs
+    from eventplatform.definitions import defs
 
-    graph = defs.get_repository_def().asset_graph
+    graph = defs().get_repository_def().asset_graph
     for name in ALL:
         node = graph.get(AssetKey(name))
         assert node.group_name == "marts"
@@ -91,7 +87,7 @@ def test_materializing_a_partition_records_its_figures_and_passing_checks(
     mart_env: Settings, instance: DagsterInstance
 ) -> None:
     make_lake(mart_env.lake_dir)
-    result = build(instance, D1)
+    result = build(mart_env, instance, D1)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert sorted(c.asset_key.path[-1] for c in checks) == ALL and all(c.passed for c in checks)
@@ -117,8 +113,7 @@ def test_the_check_fails_on_a_mart_that_does_not_reconcile(
         )
     )
     monkeypatch.setenv("EP_SQL_DIR", str(sql_dir))
-    get_settings.cache_clear()
-    result = build(instance, D1, ["publisher_revenue_daily"])
+    result = build(Settings(), instance, D1, ["publisher_revenue_daily"])
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed
     assert evaluation.description == "1 of 10 figures differ from the day's events"
@@ -130,10 +125,16 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
     older, day_before, yesterday = (today - timedelta(days=n) for n in (3, 2, 1))
     for day in (older, day_before, yesterday):
         land(mart_env.lake_dir, [ad("impression", day, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
-    assert build(instance, day_before).success and build(instance, yesterday).success
+    assert (
+        build(mart_env, instance, day_before).success
+        and build(mart_env, instance, yesterday).success
+    )
 
     def evaluate():
-        return marts_late_data(build_sensor_context(instance=instance))
+        sensor = marts_late_data_sensor(mart_env.marts.sensor_interval_s)
+        return sensor(
+            build_sensor_context(instance=instance, resources=platform_resources(mart_env))
+        )
 
     assert evaluate().skip_reason is not None and not evaluate().run_requests
 
@@ -150,13 +151,16 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
 
     for request in requests:  # run what the sensor asked for
         names = [k.path[-1] for k in request.asset_selection]
-        assert build(instance, date.fromisoformat(request.partition_key), names).success
+        assert build(mart_env, instance, date.fromisoformat(request.partition_key), names).success
     assert impressions(mart_env, day_before) == 2
     assert impressions(mart_env, yesterday) == 1
     assert evaluate().skip_reason is not None and not evaluate().run_requests
 
 
-def test_schedules_build_yesterday_after_the_day_closes_and_today_often() -> None:
+def test_schedules_build_yesterday_after_the_day_closes_and_today_often(
+    mart_env: Settings,
+) -> None:
+    marts_daily, marts_intraday = marts_schedules(mart_env)
     at = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
     daily = marts_daily(build_schedule_context(scheduled_execution_time=at))
     assert daily.partition_key == "2026-11-23"
@@ -231,7 +235,7 @@ def test_dagster_cli_materializes_a_partition_range_in_one_run(
             "asset",
             "materialize",
             "-m",
-            "eventplatform.defs",
+            "eventplatform.definitions",
             "--select",
             "campaign_performance_daily,customer_usage_daily",
             "--partition-range",
@@ -259,20 +263,20 @@ def test_the_check_alone_compares_the_stored_day_with_the_events(
 ) -> None:
     """Run alone, the check looks at the built days of the late-arrival window."""
     monkeypatch.setenv("EP_MARTS_LATE_ARRIVAL_DAYS", "3650")  # the test's days are in 2026
-    get_settings.cache_clear()
+    settings = Settings()
     from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 
     make_lake(mart_env.lake_dir)
-    assert build(instance, D1).success
+    assert build(settings, instance, D1).success
     check = AssetSelection.checks(
         AssetCheckKey(AssetKey("campaign_performance_daily"), "reconciles_with_events")
     )
 
     job = (
         Definitions(
-            assets=[marts],
+            assets=[marts_asset(settings)],
             jobs=[define_asset_job("check_alone", selection=check)],
-            resources={"platform": PlatformResource()},
+            resources=platform_resources(settings),
         )
         .get_repository_def()
         .get_job("check_alone")

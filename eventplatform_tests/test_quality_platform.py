@@ -11,7 +11,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.clients import make_admin, make_producer
 from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
 from eventplatform.kafka.topics import ensure_topics, platform_topics
-from eventplatform.settings import Settings, get_settings
+from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event, land_rows
 from eventplatform_tests.test_quality import webhook  # noqa: F401 - fixture
 
@@ -24,8 +24,7 @@ def test_quality_job_runs_every_check_and_alerts_on_failures(
     url, received = webhook
     monkeypatch.setenv("EP_QUALITY_ALERT_WEBHOOK_URL", url)
     monkeypatch.setenv("EP_QUALITY_ALERT_WEBHOOK_FORMAT", "json")
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = Settings()  # with the webhook; handed to the definitions as their resources
     ensure_topics(make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka))
 
     now = datetime.now(UTC)
@@ -59,8 +58,9 @@ def test_quality_job_runs_every_check_and_alerts_on_failures(
     producer.produce(settings.kafka.raw_topic, key=b"adnet", value=b"accepted")
     producer.flush(30)
 
-    from eventplatform.defs import defs
+    from eventplatform.definitions import build_defs
 
+    defs = build_defs(settings)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("quality_checks").execute_in_process(instance=instance)
         run_id = result.run_id

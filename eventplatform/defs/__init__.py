@@ -1,10 +1,6 @@
-"""Dagster definitions: the thin layer that wires the domain packages into assets.
+"""Dagster definitions: the thin layer that wires the domain packages into Dagster.
 
-`workspace.yaml` loads ``eventplatform.defs:defs``.
+Autoloaded by ``eventplatform/definitions.py`` (one folder per domain: ingest, budgets,
+quality, marts; resources in ``resources.py``). Nothing here reads settings at import:
+what depends on settings is built inside ``@dg.definitions`` functions, at load time.
 """
-
-from eventplatform.defs.definitions import build_definitions
-
-defs = build_definitions()
-
-__all__ = ["build_definitions", "defs"]

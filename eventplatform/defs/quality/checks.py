@@ -1,8 +1,7 @@
-"""Quality group: asset checks over the landed events and the topics, and their alerts.
+"""The quality checks: each plain function of eventplatform/quality as an asset check.
 
-The checks are plain functions in eventplatform/quality; here each becomes an asset check
-whose failures go to the alert sinks with a link to the run. They run together in the
-`quality_checks` job, every five minutes.
+Failures go to the alert sinks with a link to the run. They run together in the
+`quality_checks` job (``jobs.py``), every five minutes.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -11,16 +10,12 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetSelection,
-    DefaultScheduleStatus,
     MetadataValue,
-    ScheduleDefinition,
+    ResourceParam,
     asset_check,
-    define_asset_job,
 )
 
-from eventplatform.clickhouse import platform_clickhouse
-from eventplatform.defs.resources import PlatformResource
+from eventplatform.defs.resources import ClickHouseResource, KafkaResource
 from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
 from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
@@ -68,9 +63,12 @@ def _result(
 
 def _landed_check(name: str, fn, description: str):
     @asset_check(asset=LANDED, name=name, description=description, blocking=False)
-    def _check(context: AssetCheckExecutionContext, platform: PlatformResource):
-        settings = platform.settings()
-        outcome = fn(platform_clickhouse(settings), settings.quality, datetime.now(UTC))
+    def _check(
+        context: AssetCheckExecutionContext,
+        clickhouse: ClickHouseResource,
+        settings: ResourceParam[Settings],
+    ):
+        outcome = fn(clickhouse.get_client(), settings.quality, datetime.now(UTC))
         return _result(context, settings, LANDED, outcome)
 
     return _check
@@ -120,9 +118,13 @@ hot_keys = _landed_check(
     description="Dead letters against accepted events over the window, with reasons, "
     "overall and per customer.",
 )
-def dlq_rate(context: AssetCheckExecutionContext, platform: PlatformResource):
-    settings = platform.settings()
-    k, q = settings.kafka, settings.quality
+def dlq_rate(
+    context: AssetCheckExecutionContext,
+    clickhouse: ClickHouseResource,
+    kafka: KafkaResource,
+    settings: ResourceParam[Settings],
+):
+    k, q = kafka, settings.quality
     now = datetime.now(UTC)
     since = now - timedelta(minutes=q.window_minutes)
     since_ms = int(since.timestamp() * 1000)
@@ -131,7 +133,7 @@ def dlq_rate(context: AssetCheckExecutionContext, platform: PlatformResource):
         messages_since(k.bootstrap, t, since_ms) for t in (k.raw_topic, k.overflow_topic)
     )
     # Per customer: a small customer whose sender breaks barely moves the overall rate.
-    by_customer = checks.events_per_customer(platform_clickhouse(settings), since, now)
+    by_customer = checks.events_per_customer(clickhouse.get_client(), since, now)
     return _result(context, settings, TOPICS, checks.dlq_rate(sample, accepted, q, by_customer))
 
 
@@ -141,13 +143,17 @@ def dlq_rate(context: AssetCheckExecutionContext, platform: PlatformResource):
     description="Unknown event types or fields rejected, unknown writer schemas, or a "
     "new schema version appearing in the window.",
 )
-def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource):
-    settings = platform.settings()
-    k, q = settings.kafka, settings.quality
+def schema_drift(
+    context: AssetCheckExecutionContext,
+    clickhouse: ClickHouseResource,
+    kafka: KafkaResource,
+    settings: ResourceParam[Settings],
+):
+    k, q = kafka, settings.quality
     now = datetime.now(UTC)
     since_ms = int((now - timedelta(minutes=q.window_minutes)).timestamp() * 1000)
     sample = dead_letters_since(k.bootstrap, k.dlq_topic, since_ms)
-    outcome = checks.schema_drift(platform_clickhouse(settings), sample, q, now)
+    outcome = checks.schema_drift(clickhouse.get_client(), sample, q, now)
     return _result(context, settings, TOPICS, outcome)
 
 
@@ -157,40 +163,18 @@ def schema_drift(context: AssetCheckExecutionContext, platform: PlatformResource
     description="The landing consumer's lag: above EP_QUALITY_LAG_MAX_MESSAGES, or "
     "growing at every sample for EP_QUALITY_LAG_GROWING_MINUTES.",
 )
-def consumer_lag_check(context: AssetCheckExecutionContext, platform: PlatformResource):
-    settings = platform.settings()
-    k = settings.kafka
+def consumer_lag_check(
+    context: AssetCheckExecutionContext,
+    clickhouse: ClickHouseResource,
+    kafka: KafkaResource,
+    settings: ResourceParam[Settings],
+):
     outcome = consumer_lag_outcome(
-        platform_clickhouse(settings),
-        k.bootstrap,
-        settings.land.group_id,
-        (k.raw_topic, k.overflow_topic),
+        clickhouse.get_client(),
+        kafka.bootstrap,
+        kafka.landing_group,
+        kafka.event_topics,
         settings.quality,
         datetime.now(UTC),
     )
     return _result(context, settings, TOPICS, outcome)
-
-
-QUALITY_CHECKS = [
-    freshness,
-    volume_anomaly,
-    duplicate_rate,
-    click_fraud,
-    foreign_campaign,
-    hot_keys,
-    dlq_rate,
-    schema_drift,
-    consumer_lag_check,
-]
-
-quality_checks_job = define_asset_job(
-    "quality_checks",
-    selection=AssetSelection.checks(*QUALITY_CHECKS),
-    description="Every quality check over the landed events and the topics.",
-)
-
-quality_checks_schedule = ScheduleDefinition(
-    job=quality_checks_job,
-    cron_schedule="*/5 * * * *",
-    default_status=DefaultScheduleStatus.RUNNING,
-)

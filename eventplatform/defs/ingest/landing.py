@@ -1,0 +1,163 @@
+"""The landing run: `eventplatform.land` landing one shard of a topic in micro-batches.
+
+Each micro-batch is reported as materializations of `events_lake` and `events_clickhouse`
+(or `dead_letters`) and, when the batch carried cost-bearing events, the budget controller
+runs right away so a pause reaches ad servers within seconds. The sensors that start these
+runs are in ``sensors.py``.
+"""
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster import (
+    AssetMaterialization,
+    AssetObservation,
+    Config,
+    DagsterRunStatus,
+    OpExecutionContext,
+    ResourceParam,
+    in_process_executor,
+    job,
+    op,
+)
+
+from eventplatform.budgets.signals import BudgetController
+from eventplatform.defs.budgets.metadata import budget_metadata
+from eventplatform.defs.resources import ClickHouseResource, KafkaResource
+from eventplatform.land.lander import BatchReport
+from eventplatform.land.sources import build_lander, sources
+from eventplatform.settings import Settings
+
+
+class LandConfig(Config):
+    source: str = "raw"  # raw | overflow | dlq
+    shard: int = 0
+
+
+def _batch_metadata(report: BatchReport) -> dict:
+    per_s = report.messages / report.seconds if report.seconds > 0 else 0.0
+    metadata = {
+        "topic": report.topic,
+        "shard": report.shard,
+        "messages": report.messages,
+        "rows": report.rows,
+        "dead_letters": report.dead_letters,
+        "parquet_bytes": report.parquet_bytes,
+        "files": len(report.files),
+        "lag": report.lag,
+        "messages_per_s": round(per_s, 1),
+        "offsets": ", ".join(f"p{r.partition}: {r.first}-{r.last}" for r in report.ranges),
+        "replayed": report.replayed,
+    }
+    if report.latency_p99_ms is not None:
+        metadata["latency_p50_ms"] = round(report.latency_p50_ms or 0.0, 1)
+        metadata["latency_p99_ms"] = round(report.latency_p99_ms, 1)
+    return metadata
+
+
+class StopRequest:
+    """Stop between batches: on SIGINT/SIGTERM (how Dagster terminates a run) or CANCELING."""
+
+    def __init__(self, context: OpExecutionContext, poll_s: float = 5.0) -> None:
+        self.context = context
+        self.poll_s = poll_s
+        self.signalled: int | None = None
+        self._checked = time.monotonic()
+
+    def __call__(self) -> bool:
+        if self.signalled is not None:
+            return True
+        if time.monotonic() - self._checked >= self.poll_s:
+            self._checked = time.monotonic()
+            return self._canceling()
+        return False
+
+    @contextmanager
+    def deferring_signals(self) -> Iterator[None]:
+        """Hold SIGINT/SIGTERM until the batch in hand is landed (then see below)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def note(signum, frame) -> None:
+            self.signalled = signum
+
+        for s in previous:
+            signal.signal(s, note)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        # Terminated from the UI (the run is CANCELING): let Dagster see the interrupt, so the
+        # run ends as canceled. A plain SIGTERM/SIGINT (the platform shutting down) ends the
+        # run normally: it stopped where it should, between batches.
+        if self.signalled is not None and self._canceling():
+            os.kill(os.getpid(), self.signalled)
+
+    def _canceling(self) -> bool:
+        run = self.context.instance.get_run_by_id(self.context.run_id)
+        return run is not None and run.status == DagsterRunStatus.CANCELING
+
+
+@op(
+    description="Lands one shard of a topic in micro-batches until idle, out of time, or "
+    "terminated (between batches).",
+)
+def land_shard(
+    context: OpExecutionContext,
+    config: LandConfig,
+    settings: ResourceParam[Settings],
+    clickhouse: ClickHouseResource,
+    kafka: KafkaResource,
+):
+    lander = build_lander(settings, config.source, config.shard)
+    kind = sources(settings)[config.source].kind
+    controller = (
+        BudgetController(
+            clickhouse.get_client(),
+            kafka.bootstrap,
+            kafka.control_topic,
+            settings.budgets.signal_reread_s,
+        )
+        if kind == "events"
+        else None
+    )
+    asset_keys = ["events_lake", "events_clickhouse"] if kind == "events" else ["dead_letters"]
+
+    def on_batch(report: BatchReport) -> None:
+        metadata = _batch_metadata(report)
+        for key in asset_keys:
+            context.log_event(AssetMaterialization(asset_key=key, metadata=metadata))
+        if controller is not None and report.cost_events:
+            states, signals = controller.refresh()
+            # The controller ran: the UI shows it on campaign_budgets (an observation).
+            context.log_event(
+                AssetObservation(
+                    asset_key="campaign_budgets", metadata=budget_metadata(states, signals)
+                )
+            )
+            for s in signals:
+                context.log.info(f"campaign {s['campaign_id']}: {s['action']} ({s['reason']})")
+
+    stop = StopRequest(context)
+    with stop.deferring_signals():
+        summary = lander.run(on_batch=on_batch, should_stop=stop, log=context.log.info)
+        context.log.info(
+            f"landed {summary.rows} rows, {summary.dead_letters} dead letters in "
+            f"{summary.batches} batches ({summary.replayed_batches} replayed); "
+            f"stopped: {summary.stopped_because}"
+        )
+
+
+@job(
+    executor_def=in_process_executor,
+    description="A long-running landing run for one shard (started by the land sensors).",
+)
+def land_events():
+    land_shard()

@@ -1,0 +1,1 @@
+"""Quality: asset checks over the landed events and the topics, their alerts and schedule."""
