@@ -1,7 +1,7 @@
 """The quality checks: each returns an outcome with the numbers that explain it.
 
 Every check is a plain function over the landed events in ClickHouse (or over Kafka), so it
-can run from Dagster, from the CLI or from a test; ``defs/quality.py`` wires them in as asset
+can run from Dagster, from the CLI or from a test; ``defs/quality/`` wires them in as asset
 checks and routes failures to the alert sinks. Where a check finds something, its evidence
 names the customers, keys or campaigns, with the observed value and the threshold.
 """
