@@ -1,4 +1,10 @@
-"""The topics the platform lands, and a lander for one shard of each, built from settings."""
+"""The topics the platform lands, and a lander for one shard of each, built from settings.
+
+A source is a topic, its shards, the rows it lands (``events`` or ``dead_letters``: which lake
+folder and ClickHouse table) and, optionally, its own batch policy. The platform's three
+(raw, overflow, dlq) come from settings; any other is described by its caller (the Dagster
+landing component declares them in YAML) and landed by the same code.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,26 @@ from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
 from eventplatform.settings import Settings
 
+SETTING_PREFIX = "setting:"  # Kafka topic names cannot hold ':', so the prefix is unambiguous
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a micro-batch closes; None keeps the setting (EP_LAND_BATCH_MAX_*)."""
+
+    max_records: int | None = None
+    max_bytes: int | None = None
+    max_wait_s: float | None = None
+
 
 @dataclass(frozen=True)
 class Source:
-    name: str  # raw | overflow | dlq
+    name: str  # raw | overflow | dlq, or a declared source's name
     topic: str
     shards: int
     kind: str  # events | dead_letters
     priority: int  # Dagster run priority: the overflow waits for the others
+    batch: BatchPolicy = BatchPolicy()
 
 
 def sources(settings: Settings) -> dict[str, Source]:
@@ -29,6 +47,23 @@ def sources(settings: Settings) -> dict[str, Source]:
     }
 
 
+def setting_value(settings: Settings, value: str | int) -> str | int:
+    """``"setting:kafka.raw_topic"`` is that setting's value; anything else is itself.
+
+    This lets a declaration follow the settings (EP_* variables) rather than copy them.
+    """
+    if not isinstance(value, str) or not value.startswith(SETTING_PREFIX):
+        return value
+    node: object = settings
+    for part in value.removeprefix(SETTING_PREFIX).split("."):
+        if not hasattr(node, part):
+            raise ValueError(f"{value!r}: the settings have no {part!r}")
+        node = getattr(node, part)
+    if not isinstance(node, str | int):
+        raise ValueError(f"{value!r} is not a topic name or a number: {node!r}")
+    return node
+
+
 def lag_per_shard(settings: Settings, source: Source) -> dict[int, int]:
     """Messages the landing group has not committed yet, per shard of ``source``."""
     lag = consumer_lag(settings.kafka.bootstrap, settings.land.group_id, source.topic)
@@ -38,11 +73,16 @@ def lag_per_shard(settings: Settings, source: Source) -> dict[int, int]:
     return by_shard
 
 
-def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLander:
-    try:
-        source = sources(settings)[source_name]
-    except KeyError:
-        raise ValueError(f"source must be one of raw, overflow, dlq; got {source_name!r}") from None
+def build_lander(settings: Settings, source: str | Source, shard: int) -> ShardLander:
+    """A lander for one shard: of a platform source by name, or of a described source."""
+    if isinstance(source, str):
+        try:
+            source = sources(settings)[source]
+        except KeyError:
+            raise ValueError(f"source must be one of raw, overflow, dlq; got {source!r}") from None
+    policy = {
+        f"batch_{field}": value for field, value in vars(source.batch).items() if value is not None
+    }
     return ShardLander(
         bootstrap=settings.kafka.bootstrap,
         topic=source.topic,
@@ -52,6 +92,6 @@ def build_lander(settings: Settings, source_name: str, shard: int) -> ShardLande
         lake_dir=settings.lake_dir,
         clickhouse=platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,
-        settings=settings.land,
+        settings=settings.land.model_copy(update=policy) if policy else settings.land,
         dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,
     )

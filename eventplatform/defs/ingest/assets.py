@@ -1,4 +1,5 @@
-"""The ingest group's assets: the topics, and what the landing runs write.
+"""The ingest group's topics asset. What the landing runs write (events_lake,
+events_clickhouse, dead_letters) is declared with the landing component, landed/*/defs.yaml.
 
 (No `from __future__ import annotations` in defs/: Dagster reads the annotations at runtime.)
 """
@@ -34,33 +35,3 @@ def kafka_topics(
             "topics": dg.MetadataValue.md("\n".join(f"- `{r.name}`: {r.status}" for r in reports)),
         }
     )
-
-
-events_lake = dg.AssetSpec(
-    "events_lake",
-    group_name="ingest",
-    kinds={"kafka", "parquet"},
-    owners=["team:data-platform"],
-    deps=["kafka_topics"],
-    description="Landed events as Parquet (zstd), hive-partitioned by event_date and "
-    "event_hour; file names carry topic, partition and offset range. Updated by every "
-    "landing micro-batch.",
-)
-events_clickhouse = dg.AssetSpec(
-    "events_clickhouse",
-    group_name="ingest",
-    kinds={"kafka", "clickhouse"},
-    owners=["team:data-platform"],
-    deps=["kafka_topics"],
-    description="Landed events in ClickHouse (table `events`), the same rows as the lake, "
-    "inserted once per micro-batch with a deduplication token.",
-)
-dead_letters = dg.AssetSpec(
-    "dead_letters",
-    group_name="ingest",
-    kinds={"kafka", "parquet", "clickhouse"},
-    owners=["team:data-platform"],
-    deps=["kafka_topics"],
-    description="Everything that could not be used (events.dlq), with its reason and bytes: "
-    "lake folder dead_letters/ and ClickHouse table `dead_letters`.",
-)

@@ -3,7 +3,7 @@
 Each micro-batch is reported as materializations of `events_lake` and `events_clickhouse`
 (or `dead_letters`) and, when the batch carried cost-bearing events, the budget controller
 runs right away so a pause reaches ad servers within seconds. The sensors that start these
-runs are in ``sensors.py``.
+runs are made by the landing component (``component.py``, declared in ``landed/*/defs.yaml``).
 """
 
 import os
@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from dagster import (
     AssetMaterialization,
     AssetObservation,
     Config,
     DagsterRunStatus,
+    JobDefinition,
     OpExecutionContext,
     ResourceParam,
     in_process_executor,
@@ -29,13 +31,40 @@ from eventplatform.budgets.signals import BudgetController
 from eventplatform.defs.budgets.metadata import budget_metadata
 from eventplatform.defs.resources import ClickHouseResource, KafkaResource
 from eventplatform.land.lander import BatchReport
-from eventplatform.land.sources import build_lander, sources
+from eventplatform.land.sources import BatchPolicy, Source, build_lander, sources
 from eventplatform.settings import Settings
 
 
 class LandConfig(Config):
-    source: str = "raw"  # raw | overflow | dlq
+    """Which shard of which source. ``source`` alone names a platform source (raw, overflow,
+    dlq, from settings); a declared source (the landing component) sends the rest too."""
+
+    source: str = "raw"
     shard: int = 0
+    topic: str | None = None
+    shards: int | None = None
+    kind: str | None = None  # events | dead_letters
+    batch_max_records: int | None = None
+    batch_max_bytes: int | None = None
+    batch_max_wait_s: float | None = None
+    updates: list[str] | None = None  # the asset keys each batch materializes
+
+    def to_source(self, settings: Settings) -> Source:
+        if self.topic is None:
+            return sources(settings)[self.source]
+        return Source(
+            name=self.source,
+            topic=self.topic,
+            shards=self.shards or 1,
+            kind=self.kind or "events",
+            priority=0,
+            batch=BatchPolicy(self.batch_max_records, self.batch_max_bytes, self.batch_max_wait_s),
+        )
+
+
+def default_updates(kind: str) -> list[str]:
+    """The platform's landed assets for a kind of rows."""
+    return ["events_lake", "events_clickhouse"] if kind == "events" else ["dead_letters"]
 
 
 def _batch_metadata(report: BatchReport) -> dict:
@@ -116,8 +145,9 @@ def land_shard(
     clickhouse: ClickHouseResource,
     kafka: KafkaResource,
 ):
-    lander = build_lander(settings, config.source, config.shard)
-    kind = sources(settings)[config.source].kind
+    source = config.to_source(settings)
+    lander = build_lander(settings, source, config.shard)
+    kind = source.kind
     controller = (
         BudgetController(
             clickhouse.get_client(),
@@ -128,7 +158,7 @@ def land_shard(
         if kind == "events"
         else None
     )
-    asset_keys = ["events_lake", "events_clickhouse"] if kind == "events" else ["dead_letters"]
+    asset_keys = config.updates if config.updates is not None else default_updates(kind)
 
     def on_batch(report: BatchReport) -> None:
         metadata = _batch_metadata(report)
@@ -155,9 +185,19 @@ def land_shard(
         )
 
 
-@job(
-    executor_def=in_process_executor,
-    description="A long-running landing run for one shard (started by the land sensors).",
-)
-def land_events():
-    land_shard()
+@cache
+def landing_job(name: str = "land_events") -> JobDefinition:
+    """The landing job (one object per name: every component that names it shares it)."""
+
+    @job(
+        name=name,
+        executor_def=in_process_executor,
+        description="A long-running landing run for one shard (started by the land sensors).",
+    )
+    def _job():
+        land_shard()
+
+    return _job
+
+
+land_events = landing_job("land_events")
