@@ -336,3 +336,47 @@ def test_dead_letters_the_broker_refuses_are_never_committed_past(topics: Settin
         lander.run()
     assert lander.manifest.read() is not None
     assert _lag(settings) == 1
+
+
+def test_the_collector_answers_and_dead_letters_policy_breaks_with_their_reasons(
+    topics: Settings,
+) -> None:
+    """Over HTTP: an event from a clock at 1970, one from 2045, one with a cost over the cap
+    and one with a negative cost are each a rejected event in the 202, with the field and
+    the setting named, and in the DLQ with their stable reasons; the good event is accepted."""
+    import httpx
+    import orjson
+
+    from eventplatform.collect.customers import CustomerStore
+    from eventplatform_tests.test_collector import auth, read_topic, running_collector
+
+    settings = topics
+    key = CustomerStore(settings.customers_db).add("clockless")
+    far_future = NOW_MS + 19 * YEAR_MS
+    batch = [
+        example_event("page_view", event_id="fine", event_ts=NOW_MS),
+        example_event("page_view", event_id="epoch", event_ts="1970-01-01T00:00:00Z"),
+        example_event("click", event_id="future", event_ts=far_future),
+        example_event("conversion", event_id="costly", event_ts=NOW_MS),
+        example_event("impression", event_id="negative", event_ts=NOW_MS),
+    ]
+    batch[3]["payload"]["cost"] = 1e9
+    batch[4]["payload"]["cost"] = -5.0
+    with running_collector(settings) as collector:
+        answer = httpx.post(f"{collector.url}/v1/events", json=batch, headers=auth(key))
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert (body["accepted"], body["event_ids"]) == (1, ["fine"])
+    rejected = {r["index"]: " ".join(r["errors"]) for r in body["rejected"]}
+    assert set(rejected) == {1, 2, 3, 4}
+    assert "event_ts: more than" in rejected[1] and "EP_EVENTS_MAX_AGE_DAYS" in rejected[1]
+    assert "EP_EVENTS_MAX_FUTURE_S" in rejected[2]
+    assert "payload.cost" in rejected[3] and "EP_BUDGETS_MAX_EVENT_COST" in rejected[4]
+    letters = [parse_dead_letter(m) for m in read_topic(settings, settings.kafka.dlq_topic, 4)]
+    reasons = {orjson.loads(letter.value)["event_id"]: letter.reason for letter in letters}
+    assert reasons == {
+        "epoch": REASON_EVENT_TS,
+        "future": REASON_EVENT_TS,
+        "costly": REASON_COST,
+        "negative": REASON_COST,
+    }
