@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from functools import cache
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     AssetObservation,
     Config,
@@ -47,7 +48,7 @@ class LandConfig(Config):
     batch_max_records: int | None = None
     batch_max_bytes: int | None = None
     batch_max_wait_s: float | None = None
-    updates: list[str] | None = None  # the asset keys each batch materializes
+    updates: list[str] | None = None  # asset keys ("a/b" for a prefixed key) each batch updates
 
     def to_source(self, settings: Settings) -> Source:
         if self.topic is None:
@@ -158,7 +159,8 @@ def land_shard(
         if kind == "events"
         else None
     )
-    asset_keys = config.updates if config.updates is not None else default_updates(kind)
+    updates = config.updates if config.updates is not None else default_updates(kind)
+    asset_keys = [AssetKey.from_user_string(key) for key in updates]  # "a/b" is ["a", "b"]
 
     def on_batch(report: BatchReport) -> None:
         metadata = _batch_metadata(report)
