@@ -82,11 +82,11 @@ class EventRows:
         received_ms = _epoch_ms(body, "received_ts")
         offset_ms = event_ms - received_ms
         ts_bad = (offset_ms < -policy.max_age_ms) | (offset_ms > policy.max_future_ms)
-        cost = body.column("cost").to_numpy(zero_copy_only=False)  # NaN where none
+        # No cost is no spend (0); a NaN one (a producer that bypassed the collector) fails
+        # both comparisons, so it is out of range like any other.
+        cost = body.column("cost").fill_null(0.0).to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
-            cost_bad = ~np.isnan(cost) & ~((cost >= 0) & (cost <= policy.max_event_cost))
-        # a NaN cost from a producer that bypassed the collector: not a cost either
-        cost_bad |= np.isnan(cost) & ~pc.is_null(body.column("cost")).to_numpy()
+            cost_bad = ~((cost >= 0) & (cost <= policy.max_event_cost))
         bad = ts_bad | cost_bad
         if not bad.any():
             return body, messages
