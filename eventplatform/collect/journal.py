@@ -42,6 +42,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from eventplatform.collect.metrics import Metrics
+from eventplatform.files import fsync_folder
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def write_journal(folder: Path, records: list[Record]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.rename(aside, folder / name)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return folder / name
 
 
@@ -150,14 +151,6 @@ def read_journal(handle: IO[bytes], name: str) -> list[Record]:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise JournalError(f"{name} line {number}: {exc}") from None
     return records
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def retriable(err: KafkaError) -> bool:
@@ -362,7 +355,7 @@ class DeliveryJournal:
                 )
             for replay in finished:  # every message acknowledged, or in a journal written above
                 replay.path.unlink(missing_ok=True)
-                _fsync_folder(self.folder)
+                fsync_folder(self.folder)
                 replay.handle.close()
                 replay.done = True
                 log.info("%s replayed: every message acknowledged or journaled", replay.path)

@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from eventplatform.files import fsync_folder
+
 EVENTS_DIR = "events"
 DEAD_LETTERS_DIR = "dead_letters"
 TMP_PREFIX = ".tmp-"
@@ -147,11 +149,7 @@ def sync_folders(folders: Iterable[Path], top: Path) -> None:
     for folder in folders:
         while folder not in done:
             done.add(folder)
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_folder(folder)
             if folder == top or top not in folder.parents:
                 break
             folder = folder.parent
