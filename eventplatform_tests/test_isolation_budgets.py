@@ -31,7 +31,6 @@ from eventplatform.budgets.signals import BudgetController, read_last_signals
 from eventplatform.budgets.spend import foreign_cost_events, read_spend
 from eventplatform.clickhouse import ClickHouse, platform_clickhouse
 from eventplatform.collect.customers import CustomerStore
-from eventplatform.defs.resources import platform_resources
 from eventplatform.events.examples import example_event
 from eventplatform.marts.build import MartBuilder
 from eventplatform.quality import checks
@@ -353,16 +352,10 @@ def test_rogue_posting_through_the_collector_spends_nothing_of_victims_budget(
             assert answer.status_code == 202 and answer.json()["accepted"] == len(events)
     # The collector's exit (SIGTERM) flushed every accepted event to the broker.
 
-    from eventplatform.defs.ingest.landing import land_events
+    from eventplatform_tests.test_land_dagster import land_raw_shard_in_process
 
     with DagsterInstance.ephemeral() as instance:
-        settings.land.raw_shards = 1
-        result = land_events.execute_in_process(
-            run_config={"ops": {"land_shard": {"config": {"source": "raw", "shard": 0}}}},
-            instance=instance,
-            resources=platform_resources(settings),
-        )
-        assert result.success
+        land_raw_shard_in_process(instance, settings)
     with platform_clickhouse(settings).session() as client:
         landed = client.query(
             f"SELECT customer_id, count() FROM {settings.clickhouse.database}.events "

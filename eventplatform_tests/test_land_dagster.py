@@ -36,6 +36,17 @@ from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count, produce_events
 
 
+def land_raw_shard_in_process(instance: DagsterInstance, settings: Settings) -> None:
+    """One landing run of the one raw shard, as a Dagster run in this process."""
+    settings.land.raw_shards = 1
+    result = land_events.execute_in_process(
+        run_config={"ops": {"land_shard": {"config": {"source": "raw", "shard": 0}}}},
+        instance=instance,
+        resources=platform_resources(settings),
+    )
+    assert result.success
+
+
 def evaluate(instance: DagsterInstance, settings: Settings):
     context = build_sensor_context(instance=instance, resources=platform_resources(settings))
     return land_sensor("raw", settings.land.sensor_interval_s)(context), context.cursor
@@ -111,13 +122,7 @@ def test_a_landing_run_reports_batches_and_pauses_an_exhausted_campaign(
     assert producer.flush(10) == 0
 
     with DagsterInstance.ephemeral() as instance:
-        settings.land.raw_shards = 1
-        result = land_events.execute_in_process(
-            run_config={"ops": {"land_shard": {"config": {"source": "raw", "shard": 0}}}},
-            instance=instance,
-            resources=platform_resources(settings),
-        )
-        assert result.success
+        land_raw_shard_in_process(instance, settings)
         lake = instance.get_latest_materialization_event(AssetKey("events_lake"))
         ch = instance.get_latest_materialization_event(AssetKey("events_clickhouse"))
         assert lake is not None and ch is not None
