@@ -1,14 +1,19 @@
 """End-to-end latency at a steady rate: received -> queryable, and budget exhaustion -> pause.
 
     .venv/bin/python bench/bench_latency.py [--rate 10000] [--duration 180] [--shards 2]
-                                            [--campaigns 40]
+                                            [--campaigns 40] [--ten-minutes]
 
 Starts a throwaway broker, produces realistic events at a steady rate straight to
 `events.raw` (each stamped `received_ts` = the moment it is produced, as the collector
 does), and lands them with one `eventplatform land` process per shard, as the Dagster
 sensor would start them. An event's latency is the time from `received_ts` to the commit of
 its batch, after which it is in the lake and queryable in ClickHouse. Prints p50/p99/max over
-every event.
+every event, with p99.9.
+
+The ClickHouse side: the active part count of `events` (`system.parts`) every 60 s while
+it runs and after it (`--ten-minutes` runs 600 s, to see whether merges keep up). The lake
+side: files per hour and bytes per file as landed, then after the compaction passes
+(`eventplatform/land/compact.py`) of the hour still open and of the hour once closed.
 
 Budgets ride on the same traffic: `--campaigns` campaigns with a daily budget of 10.00 are
 loaded, and at even intervals one of them gets the impressions that spend it (1.00 each; the
@@ -41,11 +46,14 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.events import EventCodec, EventValidator
 from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
+from eventplatform.land.compact import CompactionPolicy, compact_lake, group_positions
+from eventplatform.land.lake import EVENTS_DIR, current_paths
 from eventplatform.settings import REPO_ROOT
 from eventplatform.simulate.traffic import TrafficGenerator, TrafficSpec
 
 LANDER = """
 import sys
+import time
 import numpy as np
 import orjson
 from eventplatform.budgets.signals import BudgetController
@@ -59,15 +67,30 @@ controller = BudgetController(
     platform_clickhouse(settings), settings.kafka.bootstrap, settings.kafka.control_topic
 )
 
+batches, stages, closed = [], {}, {}
+
 def on_batch(report):
     latencies.append(report.latencies_ms)
+    batches.append((report.messages, report.seconds))
+    closed[report.closed_because] = closed.get(report.closed_because, 0) + 1
+    for stage, seconds in report.stage_seconds.items():
+        stages[stage] = stages.get(stage, 0.0) + seconds
     if report.cost_events:
+        started = time.perf_counter()
         controller.refresh()
+        stages["budgets"] = stages.get("budgets", 0.0) + time.perf_counter() - started
 
 lander = build_lander(settings, "raw", int(sys.argv[1]))
 summary = lander.run(on_batch=on_batch)
 np.save(sys.argv[2], np.concatenate([x for x in latencies if x is not None]))
-print(summary.batches, "batches", summary.rows, "rows")
+sizes = np.array([b[0] for b in batches])
+took = np.array([b[1] for b in batches])
+print(
+    f"shard {sys.argv[1]}: {summary.batches} batches, {summary.rows} rows; messages per batch "
+    f"p50 {np.median(sizes):.0f} max {sizes.max()}; landing a batch p50 {np.median(took):.3f} s "
+    f"p99 {np.percentile(took, 99):.3f} s; closed {closed}; seconds per stage "
+    + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+)
 """
 
 
@@ -96,13 +119,52 @@ def watch_pauses(bootstrap: str, pauses: dict[str, float], stop: threading.Event
     consumer.close()
 
 
+def active_parts(clickhouse: ClickHouse) -> int:
+    with clickhouse.session() as client:
+        return int(
+            client.command(
+                "SELECT count() FROM system.parts WHERE database = 'eventplatform' "
+                "AND table = 'events' AND active"
+            )
+        )
+
+
+def lake_layout(lake_dir: Path, bootstrap: str, duration: float) -> dict[str, tuple[int, int]]:
+    """(files, bytes) of the lake's events as landed, after a compaction pass of the hour still
+    open, and after one once the hour is closed (run as if it were later: the grace passed)."""
+    events = lake_dir / EVENTS_DIR
+
+    def layout() -> tuple[int, int]:
+        paths = current_paths(events)
+        return len(paths), sum(p.stat().st_size for p in paths)
+
+    stages = {"as landed": layout()}
+    committed = group_positions(bootstrap, "eventplatform-land")
+    try:
+        started = time.monotonic()
+        compact_lake(lake_dir, committed, CompactionPolicy())
+        open_s = time.monotonic() - started
+        stages[f"after compacting the open hour ({open_s:.1f} s)"] = layout()
+        later = datetime.now(UTC) + timedelta(hours=1, minutes=10)
+        started = time.monotonic()
+        compact_lake(lake_dir, committed, CompactionPolicy(), now=later)
+        closed_s = time.monotonic() - started
+        stages[f"after compacting the closed hour ({closed_s:.1f} s)"] = layout()
+    finally:
+        committed.close()
+    return stages
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--duration", type=float, default=180)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--campaigns", type=int, default=40)
+    parser.add_argument("--ten-minutes", action="store_true", help="--duration 600")
     args = parser.parse_args()
+    if args.ten_minutes:
+        args.duration = 600
 
     generator = TrafficGenerator(TrafficSpec(seed=5, customers=20))
     validator, codec = EventValidator(), EventCodec()
@@ -163,7 +225,12 @@ def main() -> None:
             10 + k * (args.duration - 30) / max(1, args.campaigns) for k in range(args.campaigns)
         ]
         exhausted_ms: dict[str, int] = {}
+        parts_at: list[tuple[float, int]] = []
+        next_parts = 60.0
         while (elapsed := time.monotonic() - start) < args.duration:
+            if elapsed >= next_parts:  # between the landers' batches (the engine's lock)
+                parts_at.append((elapsed, active_parts(clickhouse)))
+                next_parts += 60
             due = int(elapsed * args.rate)
             received = int(time.time() * 1000)
             while exhaust_at and elapsed >= exhaust_at[0]:
@@ -192,9 +259,11 @@ def main() -> None:
         latencies = np.concatenate([np.load(tmp / f"latency-{s}.npy") for s in range(args.shards)])
         stop_watching.set()
         watcher.join()
+        parts_at.append((time.monotonic() - start, active_parts(clickhouse)))
+        lake = lake_layout(tmp / "data" / "lake", bootstrap, args.duration)
 
     assert len(latencies) == sent, f"landed {len(latencies)} of {sent}"
-    p50, p99, top = np.percentile(latencies, [50, 99, 100])
+    p50, p99, p999, top = np.percentile(latencies, [50, 99, 99.9, 100])
     print()
     print("| figure | value |")
     print("| --- | --- |")
@@ -202,17 +271,29 @@ def main() -> None:
     print(f"| landing processes (shards) | {args.shards} |")
     print(f"| latency received -> queryable, p50 | {p50 / 1000:.2f} s |")
     print(f"| latency received -> queryable, p99 | {p99 / 1000:.2f} s |")
+    print(f"| latency received -> queryable, p99.9 | {p999 / 1000:.2f} s |")
     print(f"| latency received -> queryable, max | {top / 1000:.2f} s |")
     pause_s = np.array(
         [pauses[c] - exhausted_ms[c] / 1000 for c in exhausted_ms if c in pauses], dtype=float
     )
     missing = sorted(set(exhausted_ms) - set(pauses))
     if len(pause_s):
-        q50, q99, qmax = np.percentile(pause_s, [50, 99, 100])
+        q50, q99, q999, qmax = np.percentile(pause_s, [50, 99, 99.9, 100])
         print(f"| campaigns exhausted / paused | {len(exhausted_ms)} / {len(pause_s)} |")
         print(f"| exhausting event -> pause on campaign.control, p50 | {q50:.2f} s |")
         print(f"| exhausting event -> pause on campaign.control, p99 | {q99:.2f} s |")
+        print(f"| exhausting event -> pause on campaign.control, p99.9 | {q999:.2f} s |")
         print(f"| exhausting event -> pause on campaign.control, max | {qmax:.2f} s |")
+    for at, parts in parts_at:
+        print(f"| active parts of `events` at {at:.0f} s | {parts} |")
+    for stage, (files, size) in lake.items():
+        per_hour = files * 3600 / args.duration
+        print(
+            f"| lake files {stage} | {files:,} ({per_hour:,.0f} an hour at this rate), "
+            f"{size / max(files, 1) / 1024:,.1f} KiB per file |"
+        )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"| load average (1, 5, 15 min) at the end | {load} |")
     if missing:
         print(f"NOT PAUSED: {missing}")
     print("(every event counted, the first batch's ClickHouse warm-up included)")

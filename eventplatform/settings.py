@@ -302,7 +302,13 @@ class LandSettings(BaseSettings):
     batch_max_records: int = 100_000
     batch_max_bytes: int = 32 * 1024 * 1024
     batch_max_wait_s: float = Field(
-        default=1.0, description="A batch is closed this long after its first message."
+        default=1.0,
+        description="A batch is closed at the latest this long after its first message.",
+    )
+    batch_linger_s: float = Field(
+        default=0.2,
+        description="A caught-up shard's batch closes this long after its first message (a "
+        "backlog's batches grow to the max_records / max_bytes limits instead).",
     )
     idle_stop_s: float = Field(
         default=60.0, description="A landing run ends after this long without messages."
@@ -328,6 +334,38 @@ class LandSettings(BaseSettings):
         default=30.0,
         description="How long a landing run waits for another lander of its shard to finish "
         "before it fails (one lander per shard: two would land events twice).",
+    )
+    report_every_s: float = Field(
+        default=5.0,
+        description="A landing run records its batches as one materialization per asset this "
+        "often (with every batch's offsets), not one per sub-second batch: the event log "
+        "grows by the interval, not by the batch rate. 0: one per batch.",
+    )
+    compact_interval_s: int = Field(
+        default=300, description="How often the lake_compaction sensor starts a compaction run."
+    )
+    compact_target_bytes: int = Field(
+        default=128 * 1024 * 1024, description="Compaction writes lake files up to this size."
+    )
+    compact_grace_s: float = Field(
+        default=300.0,
+        description="An hour's folder is closed, and its files all compacted, this long after "
+        "the hour ends (late-event folders: files this old).",
+    )
+    compact_open_min_files: int = Field(
+        default=64,
+        description="In an hour still open, compaction merges only runs of at least this many "
+        "files (each row is rewritten a few times at most).",
+    )
+    compact_delete_after_s: float = Field(
+        default=900.0,
+        description="A file a compacted one supersedes is deleted this long after: a reader "
+        "that listed the folder before the compaction can still read it.",
+    )
+    compact_max_input_files: int = Field(
+        default=20_000,
+        description="Files one compaction pass merges at most (hourly folders first, then "
+        "late-event and dead-letter folders): one customer's history replay waits its turn.",
     )
     clickhouse_partitions_per_insert: int = Field(
         default=100,

@@ -24,6 +24,7 @@ to a hidden temporary name in its folder and renamed, so readers never see half 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,6 +61,83 @@ class OffsetRange:
 
     def file_stem(self) -> str:
         return f"{self.topic}+{self.partition}+{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class LakeFile:
+    """A lake file as its name describes it: the rows of ``topic`` / ``partition`` with
+    offsets from ``first`` to ``last`` that belong to its folder (a batch's file, or a
+    compacted file of several batches: see ``compact.py``)."""
+
+    path: Path
+    topic: str
+    partition: int
+    first: int
+    last: int
+    bytes: int
+    mtime: float
+
+
+def superseded(files: Iterable[LakeFile]) -> dict[Path, LakeFile]:
+    """The files (of one folder) whose offset range lies inside another's of the same topic
+    and partition, each with the file that holds it: a superseded file's rows are a subset of
+    that file's rows (a row's folder depends only on its event). One sort, not a comparison of
+    every pair: a folder of an open hour can hold thousands of batch files."""
+    result: dict[Path, LakeFile] = {}
+    by_partition: dict[tuple[str, int], list[LakeFile]] = {}
+    for f in files:
+        by_partition.setdefault((f.topic, f.partition), []).append(f)
+    for group in by_partition.values():
+        cover: LakeFile | None = None  # the widest-reaching file so far (smallest first)
+        for f in sorted(group, key=lambda f: (f.first, -f.last)):
+            if cover is not None and f.last <= cover.last:
+                result[f.path] = cover
+            else:
+                cover = f
+    return result
+
+
+_NAME = re.compile(
+    r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<p>\d+)\+(?P<first>\d+)-(?P<last>\d+)\.parquet$"
+)
+
+
+def lake_file(path: Path) -> LakeFile | None:
+    """The file's lineage from its name; None for a temporary or foreign file (or one that
+    was just removed)."""
+    match = _NAME.match(path.name)
+    if match is None:
+        return None
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return LakeFile(
+        path,
+        match["topic"],
+        int(match["p"]),
+        int(match["first"]),
+        int(match["last"]),
+        stat.st_size,
+        stat.st_mtime,
+    )
+
+
+def current_files(folder: Path) -> list[LakeFile]:
+    """The files of one lake folder a reader reads: every landed file except those a
+    compacted file supersedes (they hold a subset of its rows and are deleted later), so a
+    reader never sees a row twice, during or after compaction. Sorted by name."""
+    files = [f for p in folder.glob("*.parquet") if (f := lake_file(p)) is not None]
+    gone = superseded(files)
+    return sorted((f for f in files if f.path not in gone), key=lambda f: f.path.name)
+
+
+def current_paths(root: Path) -> list[Path]:
+    """The current files (:func:`current_files`) of every folder under ``root``, sorted."""
+    if not root.is_dir():
+        return []
+    folders = {p.parent for p in root.rglob("*.parquet")}
+    return sorted(f.path for folder in folders for f in current_files(folder))
 
 
 @dataclass(frozen=True)

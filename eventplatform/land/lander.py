@@ -54,6 +54,7 @@ from eventplatform.kafka.clients import (
 from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES
 from eventplatform.kafka.lag import cached_lag
 from eventplatform.land.batches import RowBuilder
+from eventplatform.land.cadence import collect_batch
 from eventplatform.land.checkpoint import Manifest, offset_ranges
 from eventplatform.land.commit import commit_offsets, raise_unless_transient, send_dead_letters
 from eventplatform.land.crashpoints import CRASH_ENV, crashpoint
@@ -119,6 +120,7 @@ class ShardLander:
         )
         self.sinks = Sinks(rows, lake_dir, clickhouse, settings.clickhouse_partitions_per_insert)
         self.partitions: list[int] = []
+        self.closed_because = ""  # why the batch in hand closed (full, caught_up, max_wait)
         self.log: Callable[[str], None] = lambda line: None
 
     # -- the loop -------------------------------------------------------------------------
@@ -245,27 +247,15 @@ class ShardLander:
     # -- one batch --------------------------------------------------------------------------
 
     def _collect(self, consumer: Consumer) -> list[Message]:
-        """Up to the batch limits: records, bytes, and wait time from the first message."""
-        s = self.settings
-        messages: list[Message] = []
-        size = 0
-        deadline: float | None = None
-        while len(messages) < s.batch_max_records and size < s.batch_max_bytes:
-            timeout = 0.5 if deadline is None else deadline - time.monotonic()
-            if timeout <= 0:
-                break
-            wanted = min(10_000, s.batch_max_records - len(messages))
-            for message in consumer.consume(num_messages=wanted, timeout=timeout):
-                if message.error() is not None:
-                    raise_unless_transient(message.error(), self.log)
-                    continue
-                messages.append(message)
-                size += len(message.value() or b"")
-            if not messages:
-                return messages  # nothing for half a second: the caller checks stop and idle
-            if deadline is None:
-                deadline = time.monotonic() + s.batch_max_wait_s
-        return messages
+        """Up to the batch limits, closed early when caught up (``cadence.py``)."""
+        batch = collect_batch(
+            consumer,
+            self.settings,
+            lambda next_offsets: cached_lag(consumer, self.topic, self.partitions, next_offsets),
+            lambda error: raise_unless_transient(error, self.log),
+        )
+        self.closed_because = batch.closed_because
+        return batch.messages
 
     def _land(
         self, consumer: Consumer, producer: Producer, messages: list[Message], replayed: bool
@@ -324,6 +314,7 @@ class ShardLander:
             seconds=time.monotonic() - t0,
             stage_seconds=stages,
             replayed=replayed,
+            closed_because="replay" if replayed else self.closed_because,
         )
 
     def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:

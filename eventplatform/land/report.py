@@ -5,6 +5,7 @@ The orchestrator turns the reports into materializations; the CLI prints them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,8 @@ class BatchReport:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, parquet, ...
     replayed: bool = False
+    closed_because: str = ""  # full (behind), caught_up, max_wait, replay: see cadence.py
+    batch_ranges: list[list[OffsetRange]] = field(default_factory=list)  # merged: each batch's
 
     @property
     def latency_p50_ms(self) -> float | None:
@@ -49,6 +52,76 @@ class BatchReport:
     @property
     def parquet_bytes(self) -> int:
         return sum(f.bytes for f in self.files)
+
+    @property
+    def batches(self) -> int:
+        return len(self.batch_ranges) or 1
+
+
+class ReportWindow:
+    """Batches reported together: one report per ``every_s`` for a run whose batches come
+    faster, so the orchestrator's event log grows by the interval, not by the batch rate.
+
+    The first batch of a window is reported at once when the last report is older than
+    ``every_s`` (a run of large, slow batches reports each); the others wait for the next batch
+    after the interval, or for :meth:`flush` at the end of the run. ``every_s`` 0: each batch.
+    """
+
+    def __init__(self, every_s: float, clock=time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.pending: list[BatchReport] = []
+        self.reported_at = -float("inf")
+
+    def add(self, report: BatchReport) -> BatchReport | None:
+        """The merged report to record now, or None (kept for later)."""
+        self.pending.append(report)
+        if self.clock() - self.reported_at < self.every_s:
+            return None
+        return self.flush()
+
+    def flush(self) -> BatchReport | None:
+        if not self.pending:
+            return None
+        batch, self.pending = self.pending, []
+        self.reported_at = self.clock()
+        return batch[0] if len(batch) == 1 else merge_reports(batch)
+
+
+def merge_reports(reports: list[BatchReport]) -> BatchReport:
+    """One report for consecutive batches of one shard: per partition the first batch's first
+    offset to the last batch's last (a shard's batches follow each other), and each batch's
+    own ranges in ``batch_ranges``."""
+    bounds: dict[int, OffsetRange] = {}
+    for report in reports:
+        for r in report.ranges:
+            seen = bounds.get(r.partition)
+            bounds[r.partition] = (
+                r if seen is None else OffsetRange(r.topic, r.partition, seen.first, r.last)
+            )
+    latencies_ms = [r.latencies_ms for r in reports if r.latencies_ms is not None]
+    stages: dict[str, float] = {}
+    for report in reports:
+        for stage, seconds in report.stage_seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    last = reports[-1]
+    return BatchReport(
+        topic=last.topic,
+        shard=last.shard,
+        kind=last.kind,
+        ranges=[bounds[p] for p in sorted(bounds)],
+        rows=sum(r.rows for r in reports),
+        dead_letters=sum(r.dead_letters for r in reports),
+        files=[f for r in reports for f in r.files],
+        lag=last.lag,
+        latencies_ms=np.concatenate(latencies_ms) if latencies_ms else None,
+        cost_events=sum(r.cost_events for r in reports),
+        seconds=sum(r.seconds for r in reports),
+        stage_seconds=stages,
+        replayed=any(r.replayed for r in reports),
+        closed_because=last.closed_because,
+        batch_ranges=[r.ranges for r in reports],
+    )
 
 
 @dataclass

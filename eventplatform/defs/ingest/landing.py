@@ -21,6 +21,7 @@ from dagster import (
     Config,
     DagsterRunStatus,
     JobDefinition,
+    MetadataValue,
     OpExecutionContext,
     ResourceParam,
     in_process_executor,
@@ -32,6 +33,7 @@ from eventplatform.budgets.signals import BudgetController
 from eventplatform.defs.budgets.metadata import budget_metadata
 from eventplatform.defs.resources import ClickHouseResource, KafkaResource
 from eventplatform.land.lander import BatchReport
+from eventplatform.land.report import ReportWindow
 from eventplatform.land.sources import BatchPolicy, Source, build_lander, sources
 from eventplatform.settings import Settings
 
@@ -82,7 +84,16 @@ def _batch_metadata(report: BatchReport) -> dict:
         "messages_per_s": round(per_s, 1),
         "offsets": ", ".join(f"p{r.partition}: {r.first}-{r.last}" for r in report.ranges),
         "replayed": report.replayed,
+        "batches": report.batches,
+        "closed_because": report.closed_because,
     }
+    if report.batch_ranges:  # several batches in one record: each one's offsets
+        metadata["batch_offsets"] = MetadataValue.md(
+            "\n".join(
+                "- " + ", ".join(f"p{r.partition}: {r.first}-{r.last}" for r in ranges)
+                for ranges in report.batch_ranges
+            )
+        )
     if report.latency_p99_ms is not None:
         metadata["latency_p50_ms"] = round(report.latency_p50_ms or 0.0, 1)
         metadata["latency_p99_ms"] = round(report.latency_p99_ms, 1)
@@ -162,10 +173,17 @@ def land_shard(
     updates = config.updates if config.updates is not None else default_updates(kind)
     asset_keys = [AssetKey.from_user_string(key) for key in updates]  # "a/b" is ["a", "b"]
 
-    def on_batch(report: BatchReport) -> None:
+    window = ReportWindow(settings.land.report_every_s)
+
+    def record(report: BatchReport | None) -> None:
+        if report is None:
+            return
         metadata = _batch_metadata(report)
         for key in asset_keys:
             context.log_event(AssetMaterialization(asset_key=key, metadata=metadata))
+
+    def on_batch(report: BatchReport) -> None:
+        record(window.add(report))  # sub-second batches: one record per report_every_s
         if controller is not None and report.cost_events:
             states, signals = controller.refresh()
             # The controller ran: the UI shows it on campaign_budgets (an observation).
@@ -179,7 +197,10 @@ def land_shard(
 
     stop = StopRequest(context)
     with stop.deferring_signals():
-        summary = lander.run(on_batch=on_batch, should_stop=stop, log=context.log.info)
+        try:
+            summary = lander.run(on_batch=on_batch, should_stop=stop, log=context.log.info)
+        finally:  # batches landed before a failure are recorded too
+            record(window.flush())
         context.log.info(
             f"landed {summary.rows} rows, {summary.dead_letters} dead letters in "
             f"{summary.batches} batches ({summary.replayed_batches} replayed); "
