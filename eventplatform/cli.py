@@ -235,7 +235,7 @@ def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
-    from eventplatform.land.cli import land_command
+    from eventplatform.land.cli import compact_command, land_command
     from eventplatform.marts.cli import marts_group, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
 
@@ -245,6 +245,7 @@ def _register_domain_commands() -> None:
         collect,
         ingest,
         land_command,
+        compact_command,
         simulate_command,
         demo_setup_command,
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from eventplatform.land.compact import compact_platform_lake
 from eventplatform.land.report import BatchReport
 from eventplatform.land.sources import build_lander
 from eventplatform.settings import get_settings
@@ -37,7 +38,8 @@ def land_command(source: str, shard: int, idle_stop: float | None, quiet: bool) 
             click.echo(
                 f"{'replayed ' if report.replayed else ''}batch {report.messages} messages: "
                 f"{report.rows} rows, {report.dead_letters} dead letters, "
-                f"{len(report.files)} files, lag {report.lag}{latency}"
+                f"{len(report.files)} files, lag {report.lag}{latency} "
+                f"({report.closed_because})"
             )
 
     stages: dict[str, float] = {}
@@ -56,4 +58,17 @@ def land_command(source: str, shard: int, idle_stop: float | None, quiet: bool) 
         f"landed {summary.rows} rows and {summary.dead_letters} dead letters in "
         f"{summary.batches} batches ({summary.replayed_batches} replayed), busy "
         f"{summary.busy_s:.1f}s; stopped: {summary.stopped_because}"
+    )
+
+
+@click.command("compact")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+def compact_command(quiet: bool) -> None:
+    """One compaction pass over the lake: closed hours' small files into few (the
+    lake_compaction sensor runs the same; see docs/landing.md)."""
+    report = compact_platform_lake(get_settings(), log=(lambda line: None) if quiet else click.echo)
+    click.echo(
+        f"compacted {report.inputs} files into {report.outputs} in {report.folders} folders "
+        f"({report.input_bytes:,} -> {report.output_bytes:,} bytes); deleted {report.deleted} "
+        f"superseded files; {report.deferred_folders} folders left for the next pass"
     )

@@ -59,6 +59,7 @@ from eventplatform.land.lake import (
     superseded,
     sync_folders,
 )
+from eventplatform.settings import LandSettings, Settings
 
 COMPACT_TMP_PREFIX = ".compacting-"  # not the lander's ``.tmp-``: a lander's start removes those
 ROW_GROUP_ROWS = 128 * 1024
@@ -332,3 +333,25 @@ class GroupPositions:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def policy_from(settings: LandSettings) -> CompactionPolicy:
+    """The compaction policy the settings (``EP_LAND_COMPACT_*``) describe."""
+    return CompactionPolicy(
+        target_bytes=settings.compact_target_bytes,
+        grace_s=settings.compact_grace_s,
+        delete_after_s=settings.compact_delete_after_s,
+        max_input_files=settings.compact_max_input_files,
+        open_min_files=settings.compact_open_min_files,
+    )
+
+
+def compact_platform_lake(
+    settings: Settings, log: Callable[[str], None] = lambda line: None
+) -> CompactionReport:
+    """One pass over the platform's lake, against the landing group's committed offsets."""
+    committed = group_positions(settings.kafka.bootstrap, settings.land.group_id)
+    try:
+        return compact_lake(settings.lake_dir, committed, policy_from(settings.land), log=log)
+    finally:
+        committed.close()

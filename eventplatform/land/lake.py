@@ -133,11 +133,15 @@ def current_files(folder: Path) -> list[LakeFile]:
 
 
 def current_paths(root: Path) -> list[Path]:
-    """The current files (:func:`current_files`) of every folder under ``root``, sorted."""
+    """What a reader of the lake under ``root`` reads, sorted: the current files
+    (:func:`current_files`) of every folder, and any Parquet file whose name carries no
+    offsets (not landed here, never compacted); never a temporary."""
     if not root.is_dir():
         return []
-    folders = {p.parent for p in root.rglob("*.parquet")}
-    return sorted(f.path for folder in folders for f in current_files(folder))
+    paths = [p for p in root.rglob("*.parquet") if not p.name.startswith((TMP_PREFIX, "."))]
+    folders = {p.parent for p in paths}
+    current = {f.path for folder in folders for f in current_files(folder)}
+    return sorted(p for p in paths if p in current or not _NAME.match(p.name))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from eventplatform.land.lake import DEAD_LETTERS_DIR, EVENTS_DIR, TMP_PREFIX
+from eventplatform.land.lake import DEAD_LETTERS_DIR, EVENTS_DIR, current_paths
 
 HISTORY_DAYS_ACTIVE_USERS = 29  # MAU: 30 days ending on the day
 
@@ -25,11 +25,9 @@ def history_days(retention_weeks: int) -> int:
 
 
 def _parquet_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.rglob("*.parquet") if p.is_file() and not p.name.startswith(TMP_PREFIX)
-    )
+    """The folder's files a reader reads: not temporaries, nor files a compacted one holds
+    (``eventplatform/land/compact.py``), so a day reads each row once during compaction too."""
+    return [p for p in current_paths(folder) if p.is_file()]
 
 
 def event_files(lake_dir: Path, day: date) -> list[Path]:
