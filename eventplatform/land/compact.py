@@ -139,11 +139,18 @@ def _compact(
         runs = _runs(folder, committed, policy, time.time(), min_run)
         if not runs:
             continue
-        inputs = sum(len(run) for run in runs)
-        if inputs > budget:
+        taken = []
+        for run in runs:  # the first run of a pass is taken however long: no folder starves
+            if len(run) > budget and (report.inputs or taken):
+                break
+            taken.append(run)
+            budget -= len(run)
+        if len(taken) < len(runs):
             report.deferred_folders += 1
+        runs = taken
+        if not runs:
             continue
-        budget -= inputs
+        inputs = sum(len(run) for run in runs)
         for run in runs:
             written = _merge(folder, run)
             report.inputs += len(run)
