@@ -191,14 +191,14 @@ COMPACT = [sys.executable, "-m", "eventplatform.cli", "compact", "--quiet"]  # w
 
 
 def test_a_pass_killed_at_any_point_loses_and_doubles_nothing(topics: Settings) -> None:
-    """kill -9 before the compacted file's rename, after it, and at random moments: readers
+    """kill -9 before the compacted file's rename, after it, and at a random moment: readers
     count every row once after each kill, and the next pass finishes the work."""
     settings = topics
-    settings.land.batch_max_records = 20
+    settings.land.batch_max_records = 40
     produce(settings, hour_events(400, "crash", CLOSED_HOUR))
     land(settings)
     closed = folder_of(settings, CLOSED_HOUR)
-    assert len(on_disk(closed)) >= 20
+    assert len(on_disk(closed)) >= 10
     partitions = partitions_of(closed)
 
     def run(crash_at: str | None = None, kill_after_s: float | None = None) -> int:
@@ -218,10 +218,8 @@ def test_a_pass_killed_at_any_point_loses_and_doubles_nothing(topics: Settings) 
     assert run("compact_after_rename") == -signal.SIGKILL
     assert reader_count(settings) == (400, 400)
     assert len(current_files(closed)) < len(on_disk(closed))  # inputs superseded, not gone
-    rng = random.Random(7)
-    for _ in range(3):
-        run(kill_after_s=rng.uniform(0.5, 3.0))
-        assert reader_count(settings) == (400, 400)
+    run(kill_after_s=random.Random(7).uniform(0.5, 3.0))  # wherever it is by then
+    assert reader_count(settings) == (400, 400)
     assert run() == 0
     assert run() == 0  # the second deletes what the first superseded
     assert reader_count(settings) == (400, 400)
@@ -231,15 +229,15 @@ def test_a_pass_killed_at_any_point_loses_and_doubles_nothing(topics: Settings) 
 
 
 def test_a_history_replay_does_not_hold_back_the_others_hours(topics: Settings) -> None:
-    """One customer replays two years of history (late events: one file per partition and
+    """One customer replays more than a year of history (late events: one file per partition and
     day); with a pass budget of 100 input files the other customers' closed hour is compacted
     in the first pass, and the replay's day folders wait their turn; the lake stays at most a
     file per partition and day for them."""
     settings = topics
     settings.land.batch_max_records = 50
-    days = 150
+    days = 100
     history = []
-    for i in range(600):  # four events a day, each day in several batches
+    for i in range(300):  # three events a day, each day in several batches
         happened = NOW - timedelta(days=30 + (i % days) * 4, hours=1)
         history.append(
             decoded_event(
@@ -250,7 +248,7 @@ def test_a_history_replay_does_not_hold_back_the_others_hours(topics: Settings) 
                 event_ts=int(happened.timestamp() * 1000),
             )
         )
-    others = hour_events(300, "others", CLOSED_HOUR, customer="victim")
+    others = hour_events(150, "others", CLOSED_HOUR, customer="victim")
     mixed = [e for pair in zip(history[: len(others)], others, strict=True) for e in pair]
     produce(settings, mixed)  # interleaved
     produce(settings, history[len(others) :])
@@ -271,4 +269,4 @@ def test_a_history_replay_does_not_hold_back_the_others_hours(topics: Settings) 
             break
     partitions = settings.kafka.raw_partitions
     assert all(len(current_files(folder)) <= partitions for folder in late)
-    assert reader_count(settings) == (900, 900)
+    assert reader_count(settings) == (450, 450)
