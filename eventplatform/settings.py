@@ -381,6 +381,37 @@ class QualitySettings(BaseSettings):
         return self.overrides.get(customer_id, {}).get(name, getattr(self, name))
 
 
+class EnrichSettings(BaseSettings):
+    """Enrichment in the landing batch (docs/enrichment.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_ENRICH_", extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description="false: only the IP anonymisation runs (raw IPs never land unless a "
+        "customer says keep); the other enriched columns are null. For measurements.",
+    )
+    reporting_currency: str = Field(
+        default="USD", description="amount, cost and revenue are also given in this currency."
+    )
+    rates_dir: Path | None = Field(
+        default=None, description="Loaded exchange-rate tables. Default: <data_dir>/reference/fx"
+    )
+    change_delay_s: float = Field(
+        default=60.0,
+        description="A customer's setting or a rates load applies to events received this "
+        "long after it is made, so a replayed batch gives the same rows.",
+    )
+    ua_cache_size: int = Field(
+        default=100_000, description="Distinct user agents a landing run remembers parsed."
+    )
+    ua_parse_budget: int = Field(
+        default=20_000,
+        description="Distinct user agents parsed per batch at most (the most frequent first); "
+        "the rest of a flood of distinct strings get nulls, counted.",
+    )
+
+
 class MartSettings(BaseSettings):
     """The analytic marts: where they are stored, how they are built and rebuilt."""
 
@@ -440,6 +471,7 @@ class Settings:
         self.land = LandSettings()
         self.quality = QualitySettings()
         self.marts = MartSettings()
+        self.enrich = EnrichSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -482,6 +514,10 @@ class Settings:
         return self.data_dir / "customers.sqlite"
 
     @property
+    def rates_dir(self) -> Path:
+        return self.enrich.rates_dir or self.data_dir / "reference" / "fx"
+
+    @property
     def alert_log_file(self) -> Path:
         return self.quality.alert_log_file or self.data_dir / "alerts.log"
 
@@ -510,6 +546,7 @@ class Settings:
             "land",
             "quality",
             "marts",
+            "enrich",
         ):
             for key, value in getattr(self, section).model_dump().items():
                 out[f"{section}.{key}"] = str(value) if isinstance(value, Path) else value
