@@ -18,9 +18,15 @@ import hashlib
 import hmac
 import ipaddress
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 VERSION = "ip-1"
 MODES = ("keep", "truncate", "hash")
 DEFAULT_MODE = "truncate"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"  # what ipaddress accepts (no leading zeros)
 
 
 def parse(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -39,6 +45,23 @@ def truncate(ip: str) -> str | None:
         return None
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def truncate_all(ips: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``truncate`` of each address, and whether it parsed: dotted IPv4 in Arrow's RE2 (no
+    Python per address), anything else (IPv6, mapped, junk) through :func:`truncate`."""
+    v4 = pc.fill_null(pc.match_substring_regex(ips, IPV4), False)
+    out = pc.replace_substring_regex(ips, r"\.[0-9]+$", ".0")
+    valid = v4.to_numpy(zero_copy_only=False).copy()
+    rest = np.flatnonzero(~valid)
+    if len(rest):
+        texts = pc.take(ips, pa.array(rest)).to_pylist()
+        done = [None if t is None else truncate(t) for t in texts]
+        valid[rest] = [d is not None for d in done]
+        out = pc.replace_with_mask(
+            out, pa.array(~v4.to_numpy(zero_copy_only=False)), pa.array(done, pa.string())
+        )
+    return out, valid
 
 
 def hashed(ip: str, salt: bytes) -> str | None:

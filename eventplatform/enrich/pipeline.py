@@ -187,30 +187,34 @@ class Enricher:
         group_of_row: np.ndarray,
         counts: Counter[str],
     ) -> tuple[pa.Array, pa.Array]:
+        """Truncated for every distinct address at once (IPv4 in Arrow, the rest in Python);
+        the rows of customers that keep or hash then take their own values."""
         n = len(ip)
         encoded = pc.dictionary_encode(ip)
-        distinct = encoded.dictionary.to_pylist()
-        width = len(distinct) + 1
-        keys = group_of_row.astype(np.int64) * width + (
-            encoded.indices.fill_null(-1).to_numpy() + 1
-        )
-        unique, inverse = np.unique(keys, return_inverse=True)
-        values: list[str | None] = []
-        for key in unique.tolist():
-            group, value = divmod(key, width)
-            if value == 0:
-                values.append(None)
-                continue
-            _, _, mode, salt, _ = groups[group]
-            values.append(ipanon.anonymise(distinct[value - 1], mode, salt))
-        anonymised = pc.take(pa.array(values, pa.string()), pa.array(inverse.reshape(-1)))
-        invalid = [ipanon.parse(v) is None for v in distinct]
-        if any(invalid):
-            bad = np.array([False, *invalid])
-            idx = encoded.indices.fill_null(-1).to_numpy() + 1
-            counts["ip_invalid"] += int(bad[idx].sum())
-        modes = pa.array([g[2] for g in groups] or ["truncate"], pa.string())
-        return anonymised, pc.take(modes, pa.array(group_of_row if n else [], pa.int32()))
+        distinct = encoded.dictionary
+        truncated, valid = ipanon.truncate_all(distinct)
+        index = encoded.indices.fill_null(-1).to_numpy() + 1  # 0: no address
+        invalid = np.concatenate([[False], ~valid])
+        counts["ip_invalid"] += int(invalid[index].sum())
+        out = pc.take(truncated, encoded.indices)
+        modes = np.array([g[2] for g in groups] or ["truncate"])
+        row_mode = modes[group_of_row] if n else np.array([], dtype=modes.dtype)
+        if (modes == "keep").any():
+            out = pc.if_else(pa.array(row_mode == "keep"), ip, out)
+        if (modes == "hash").any():
+            hashing = row_mode == "hash"
+            width = len(distinct) + 1
+            keys = np.where(hashing, group_of_row.astype(np.int64) * width + index, 0)
+            unique, inverse = np.unique(keys, return_inverse=True)
+            texts = distinct.to_pylist()
+            values: list[str | None] = []
+            for key in unique.tolist():
+                group, value = divmod(key, width)
+                salt = groups[group][3]
+                values.append(None if value == 0 else ipanon.hashed(texts[value - 1], salt))
+            hashed = pc.take(pa.array(values, pa.string()), pa.array(inverse.reshape(-1)))
+            out = pc.if_else(pa.array(hashing), hashed, out)
+        return out, pa.array(row_mode, pa.string())
 
     def _campaign(self, url: pa.Array) -> dict[str, pa.Array]:
         encoded = pc.dictionary_encode(url)
