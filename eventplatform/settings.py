@@ -367,6 +367,10 @@ class QualitySettings(BaseSettings):
     hot_record_fair_factor: float = 2.0  # a key above this x its fair share (1/keys)
     hot_customer_growth: float = 1.5  # a customer above this x its usual share
     hot_min_events: int = 1000
+    bot_share_max: float = Field(
+        default=0.3, description="A customer's share of events flagged is_bot above this warns."
+    )
+    bot_min_events: int = 500  # events in the window before a customer's bot share counts
     lag_max_messages: int = 100_000
     lag_growing_minutes: float = 15.0
     overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -447,6 +451,10 @@ class MartSettings(BaseSettings):
     duckdb_memory_limit: str = "4GB"
     lock_timeout_s: float = Field(
         default=120.0, description="How long a build waits for the warehouse file's lock."
+    )
+    include_bots: bool = Field(
+        default=False,
+        description="Marts count events flagged is_bot (enrichment) too; by default they do not.",
     )
 
     @property

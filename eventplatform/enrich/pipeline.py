@@ -25,6 +25,7 @@ from eventplatform.enrich import bots, campaign, currency, geo, ipanon, referrer
 from eventplatform.enrich.currency import Rates, RatesStore
 from eventplatform.enrich.customer_settings import SettingsHistory, SettingsStore
 from eventplatform.events.arrow import ENRICHED_FIELDS
+from eventplatform.land.crashpoints import crashpoint
 from eventplatform.settings import Settings
 
 METADATA_KEY = b"eventplatform.enrichment"
@@ -92,6 +93,7 @@ class Enricher:
             clock("user_agent")
             columns["geo_country"] = self._geo(ip, counts)
             clock("geo")
+        crashpoint("during_enrichment")  # the crash tests: killed with the batch half enriched
         anonymised, modes = self._anonymise(ip, groups, group_of_row, counts)
         columns["ip_mode"] = modes
         clock("ip")
