@@ -175,7 +175,11 @@ class Enricher:
 
     def _geo(self, ip: pa.Array, counts: Counter[str]) -> pa.Array:
         encoded = pc.dictionary_encode(ip)
-        found = pa.array(geo.countries(encoded.dictionary.to_pylist()), pa.string())
+        # ::ffff:a.b.c.d is the IPv4 address a.b.c.d (the database keys it as IPv4)
+        plain = pc.replace_substring_regex(
+            encoded.dictionary, r"^::[fF]{4}:([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$", r"\1"
+        )
+        found = pa.array(geo.countries(plain.to_pylist()), pa.string())
         country = pc.take(found, encoded.indices)
         counts["geo_unknown"] += int(
             pc.sum(pc.and_(pc.is_valid(ip), pc.is_null(country))).as_py() or 0
