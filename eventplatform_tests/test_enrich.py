@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.collect.customers import CustomerStore
@@ -230,7 +231,7 @@ def test_reporting_currency_from_dated_rates_with_unknown_currencies_counted(
     tmp_path: Path,
 ) -> None:
     store = RatesStore(tmp_path / "fx", "USD", change_delay_s=0.0)
-    with pytest.raises(RatesError, match="line 3: rate -1.0 must be a positive"):
+    with pytest.raises(RatesError, match=r"line 3: rate -1\.0 must be a positive"):
         store.load("date,currency,rate\n2026-11-30,EUR,1.05\n2026-11-30,GBP,-1\n")
     with pytest.raises(RatesError, match="header"):
         store.load("day,cur,rate\n")
