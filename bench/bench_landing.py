@@ -50,7 +50,9 @@ try:
     main()
 except SystemExit:
     pass
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("cpu_s", usage.ru_utime + usage.ru_stime)
+print("maxrss_kib", usage.ru_maxrss)
 """
 ID_AT = slice(11, 47)  # the event_id: first field, after the 10-byte header and its length byte
 
@@ -127,8 +129,11 @@ def enrichment_costs(pool: list[bytes], batches: int = 6, n: int = 100_000) -> d
     return {k: statistics.median(b[k] for b in per_batch[1:]) for k in names}
 
 
-def land_once(bootstrap: str, tmp: Path, group: str, enrich: bool) -> tuple[float, float, str]:
-    """events/s and peak MiB of one landing process over the whole topic."""
+def land_once(
+    bootstrap: str, tmp: Path, group: str, enrich: bool
+) -> tuple[float, float, float, str]:
+    """events/s, peak MiB and CPU us per event (all threads, start-up included) of one
+    landing process over the whole topic."""
     data_dir = Path(tempfile.mkdtemp(prefix="land-", dir=tmp))
     env = {
         **os.environ,
@@ -148,12 +153,13 @@ def land_once(bootstrap: str, tmp: Path, group: str, enrich: bool) -> tuple[floa
     )
     lines = landing.stdout.strip().splitlines()
     peak_mib = int(lines[-1].removeprefix("maxrss_kib ")) / 1024
+    cpu_s = float(lines[-2].removeprefix("cpu_s "))
     stages = next(line for line in lines if line.startswith("time per stage"))
     summary = next(line for line in lines if line.startswith("landed "))
     active_s = float(summary.split("busy ")[1].split("s")[0])
     landed = int(summary.split("landed ")[1].split(" rows")[0])
     shutil.rmtree(data_dir, ignore_errors=True)
-    return landed / active_s, peak_mib, f"{summary}\n{stages}"
+    return landed / active_s, peak_mib, cpu_s / landed * 1e6, f"{summary}\n{stages}"
 
 
 def main() -> None:
@@ -203,12 +209,13 @@ def main() -> None:
         assert landed == args.events, landing.stdout
         rate = landed / active_s
         lake_bytes = sum(p.stat().st_size for p in (data_dir / "lake").rglob("*.parquet"))
-        comparison: dict[str, list[tuple[float, float]]] = {}
+        comparison: dict[str, list[tuple[float, float, float]]] = {}
         for i in range(args.rounds):
             for name, on in (("on", True), ("off", False)):
-                r, peak, text = land_once(bootstrap, tmp, f"bench-{name}-{i}", on)
-                print(f"round {i} enrichment {name}: {r:,.0f} events/s; {text}")
-                comparison.setdefault(name, []).append((r, peak))
+                r, peak, cpu, text = land_once(bootstrap, tmp, f"bench-{name}-{i}", on)
+                print(f"round {i} enrichment {name}: {r:,.0f} events/s, {cpu:.2f} CPU us/event")
+                print(text)
+                comparison.setdefault(name, []).append((r, peak, cpu))
     costs = enrichment_costs(pool)
 
     print(f"landing process: {summary}")
@@ -242,7 +249,7 @@ def main() -> None:
             print(f"| {label} | {median:,.0f} ({rates}) | {peak:,.0f} |")
         print(f"| cost of enrichment | {(1 / on - 1 / off) * 1e6:.2f} us/event |")
     print()
-    print("| enrichment, in process | us/event |")
+    print("| enrichment, in process (CPU) | us/event |")
     print("| --- | --- |")
     for name, us in costs.items():
         print(f"| {name} | {us:.3f} |")

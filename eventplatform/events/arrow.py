@@ -137,7 +137,8 @@ def with_kafka_columns(
     kafka_offset: list[int],
     landed_ms: int,
 ) -> pa.Table:
-    """Body columns (``_body_schema()``) plus where each row came from: the landed table."""
+    """Body columns (``_body_schema()``) plus where each row came from: the landed table
+    before enrichment (``eventplatform/enrich/`` appends ``ENRICHED_FIELDS``)."""
     n = body.num_rows
     kafka_columns = [
         pa.array([kafka_topic] * n if isinstance(kafka_topic, str) else kafka_topic, pa.string()),
