@@ -195,7 +195,6 @@ class Enricher:
     ) -> tuple[pa.Array, pa.Array]:
         """Truncated for every distinct address at once (IPv4 in Arrow, the rest in Python);
         the rows of customers that keep or hash then take their own values."""
-        n = len(ip)
         encoded = pc.dictionary_encode(ip)
         distinct = encoded.dictionary
         truncated, valid = ipanon.truncate_all(distinct)
