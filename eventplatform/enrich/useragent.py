@@ -60,7 +60,7 @@ class UserAgents:
     """Parses user agents, each distinct string once (a bounded cache, cleared when full)."""
 
     def __init__(self, cache_size: int = 100_000) -> None:
-        self._parser = _make_parser()
+        self._parser = None  # built at the first string (about a second: the rules compile)
         self._cache: dict[str, Parsed] = {}
         self.cache_size = cache_size
 
@@ -79,6 +79,8 @@ class UserAgents:
         text = ua[:MAX_CHARS]
         if not text.strip():
             return NOTHING, True
+        if self._parser is None:
+            self._parser = _make_parser()
         try:
             result = self._parser.parse(text)
         except Exception:  # a rule engine error on junk: nulls and a count, never a stop
