@@ -195,36 +195,30 @@ def test_a_replayed_batch_gives_the_same_rows_after_its_customer_changed_setting
 def test_the_salt_is_in_no_row_file_metadata_or_command_output(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("EP_ENRICH_CHANGE_DELAY_S", "0")
-    from eventplatform.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        CustomerStore(tmp_path / "customers.sqlite").add("a")
-        CustomerStore(tmp_path / "customers.sqlite").add("b")
-        runner = CliRunner()
-        outputs = [
-            runner.invoke(enrichment, ["set", c, "--ip-mode", "hash"]).output for c in ("a", "b")
-        ]
-        outputs.append(runner.invoke(enrichment, ["show", "a"]).output)
-        outputs.append(runner.invoke(enrichment, ["set", "a", "--rotate-salt"]).output)
-        store = SettingsStore(tmp_path / "customers.sqlite", 0.0)
-        salts = [store.current(c).salt for c in ("a", "b")]
-        assert all(len(s) == 32 for s in salts) and salts[0] != salts[1]
-        assert salts[0].hex() not in repr(store.current("a"))
-        received = datetime.now(UTC) + timedelta(seconds=1)
-        events = [page(c, received=received, ip="203.0.113.9") for c in ("a", "b")]
-        table = Enricher(Reference(store)).enrich(unenriched(events))
-        a, b = (r["ip"] for r in rows(table))
-        assert a != b  # one customer's tokens say nothing about another's
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        blob = sink.getvalue() + json.dumps(enrichment_counts(table)).encode()
-        blob += "".join(outputs).encode()
-        for salt in salts:
-            assert salt not in blob and salt.hex().encode() not in blob
-        assert '"salt": "set"' in outputs[2]
-    finally:
-        get_settings.cache_clear()
+    CustomerStore(tmp_path / "customers.sqlite").add("a")
+    CustomerStore(tmp_path / "customers.sqlite").add("b")
+    runner = CliRunner()
+    outputs = [
+        runner.invoke(enrichment, ["set", c, "--ip-mode", "hash"]).output for c in ("a", "b")
+    ]
+    outputs.append(runner.invoke(enrichment, ["show", "a"]).output)
+    outputs.append(runner.invoke(enrichment, ["set", "a", "--rotate-salt"]).output)
+    store = SettingsStore(tmp_path / "customers.sqlite", 0.0)
+    salts = [store.current(c).salt for c in ("a", "b")]
+    assert all(len(s) == 32 for s in salts) and salts[0] != salts[1]
+    assert salts[0].hex() not in repr(store.current("a"))
+    received = datetime.now(UTC) + timedelta(seconds=1)
+    events = [page(c, received=received, ip="203.0.113.9") for c in ("a", "b")]
+    table = Enricher(Reference(store)).enrich(unenriched(events))
+    a, b = (r["ip"] for r in rows(table))
+    assert a != b  # one customer's tokens say nothing about another's
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    blob = sink.getvalue() + json.dumps(enrichment_counts(table)).encode()
+    blob += "".join(outputs).encode()
+    for salt in salts:
+        assert salt not in blob and salt.hex().encode() not in blob
+    assert '"salt": "set"' in outputs[2]
 
 
 def test_reporting_currency_from_dated_rates_with_unknown_currencies_counted(
