@@ -96,7 +96,6 @@ def running_platform(platform_env: Settings, monkeypatch, tmp_path: Path):
     monkeypatch.setenv("EP_COLLECTOR_ADMIN_PORT", str(free_port()))
     monkeypatch.setenv("EP_LAND_IDLE_STOP_S", "10")
     monkeypatch.setenv("EP_LAND_SENSOR_INTERVAL_S", "5")
-    get_settings.cache_clear()
     settings = get_settings()
     platform = Platform(settings, log=lambda line: None)
     try:

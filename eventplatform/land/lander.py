@@ -45,6 +45,7 @@ from confluent_kafka import (
 )
 
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.enrich import enrichment_counts
 from eventplatform.kafka.clients import (
     committed_offsets,
     make_consumer,
@@ -315,6 +316,7 @@ class ShardLander:
             stage_seconds=stages,
             replayed=replayed,
             closed_because="replay" if replayed else self.closed_because,
+            enrichment=enrichment_counts(table),
         )
 
     def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:

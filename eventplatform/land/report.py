@@ -36,6 +36,7 @@ class BatchReport:
     replayed: bool = False
     closed_because: str = ""  # full (behind), caught_up, max_wait, replay: see cadence.py
     batch_ranges: list[list[OffsetRange]] = field(default_factory=list)  # merged: each batch's
+    enrichment: dict = field(default_factory=dict)  # counts and versions (enrich/pipeline.py)
 
     @property
     def latency_p50_ms(self) -> float | None:
@@ -121,7 +122,20 @@ def merge_reports(reports: list[BatchReport]) -> BatchReport:
         replayed=any(r.replayed for r in reports),
         closed_because=last.closed_because,
         batch_ranges=[r.ranges for r in reports],
+        enrichment=_merged_enrichment(reports),
     )
+
+
+def _merged_enrichment(reports: list[BatchReport]) -> dict:
+    """The batches' enrichment counts summed; the versions of the last batch."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        for name, value in report.enrichment.get("counts", {}).items():
+            counts[name] = counts.get(name, 0) + value
+    merged = dict(reports[-1].enrichment)
+    if counts:
+        merged["counts"] = counts
+    return merged
 
 
 @dataclass

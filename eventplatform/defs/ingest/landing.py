@@ -94,6 +94,11 @@ def _batch_metadata(report: BatchReport) -> dict:
                 for ranges in report.batch_ranges
             )
         )
+    counts = report.enrichment.get("counts", {})
+    for name, value in counts.items():  # nulls left by failed lookups, bots (enrich/)
+        metadata[f"enrich_{name}"] = value
+    for name, value in report.enrichment.get("versions", {}).items():
+        metadata[f"enrich_version_{name}"] = value
     if report.latency_p99_ms is not None:
         metadata["latency_p50_ms"] = round(report.latency_p50_ms or 0.0, 1)
         metadata["latency_p99_ms"] = round(report.latency_p99_ms, 1)
@@ -158,7 +163,7 @@ def land_shard(
     kafka: KafkaResource,
 ):
     source = config.to_source(settings)
-    lander = build_lander(settings, source, config.shard)
+    lander = build_lander(settings, source, config.shard, clickhouse.get_client())
     kind = source.kind
     controller = (
         BudgetController(
