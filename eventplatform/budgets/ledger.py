@@ -79,7 +79,11 @@ def first_cost_events(table: pa.Table) -> dict[str, tuple[str, str, float, int]]
     if rows.num_rows == 0:
         return {}
     rows = rows.sort_by(
-        [("kafka_topic", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+        [
+            ("kafka_topic", "ascending"),
+            ("kafka_partition", "ascending"),
+            ("kafka_offset", "ascending"),
+        ]
     )
     ms = pc.cast(pc.cast(rows.column("event_ts"), pa.timestamp("ms", tz="UTC")), pa.int64())
     buckets = pc.multiply(pc.divide(ms, BUCKET_S * 1000), BUCKET_S).to_pylist()

@@ -118,8 +118,7 @@ def _spend_by_campaign(totals: list, buckets: list) -> dict[str, CampaignSpend]:
         bucket = bucket.replace(tzinfo=UTC) if bucket.tzinfo is None else bucket
         by_campaign.setdefault(campaign_id, []).append((bucket, cost))
     return {
-        cid: CampaignSpend(total, tuple(sorted(by_campaign.get(cid, ()))))
-        for cid, total in totals
+        cid: CampaignSpend(total, tuple(sorted(by_campaign.get(cid, ())))) for cid, total in totals
     }
 
 
