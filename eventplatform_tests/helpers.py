@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from eventplatform.budgets.ledger import record_spend
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.events import EventValidator
 from eventplatform.events.arrow import events_to_arrow
 from eventplatform.events.examples import example_event
+from eventplatform.land.spend import record_spend
 
 _validator = EventValidator()
 
@@ -38,7 +38,7 @@ def land_rows(
     clickhouse: ClickHouse, events: list[dict], token: str, landed: datetime | None = None
 ) -> None:
     """Insert events the way the landing job does: one Arrow batch, one dedup token, and
-    its spend recorded in the same session (``budgets/ledger.py``)."""
+    its spend recorded in the same session (``land/spend.py``)."""
     landed_ms = int(landed.timestamp() * 1000) if landed else 0
     table = events_to_arrow(events, "events.raw", 0, list(range(len(events))), landed_ms)
     with clickhouse.session() as client:

@@ -1,4 +1,4 @@
-"""Incremental spend (``budgets/ledger.py``): each distinct cost event spent exactly once.
+"""Incremental spend (``land/spend.py``): each distinct cost event spent exactly once.
 
 Real parts: the session broker, landing processes killed with SIGKILL at the points around
 the spend step, embedded ClickHouse. Every test also checks the rollup against the full
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns
-from eventplatform.budgets.ledger import ensure_backfilled, is_backfilled, record_spend
 from eventplatform.budgets.spend import read_spend, recompute_spend, spend_drift
 from eventplatform.clickhouse import ClickHouse, platform_clickhouse
 from eventplatform.events import EventCodec
 from eventplatform.events.arrow import events_to_arrow
 from eventplatform.kafka.clients import make_producer
 from eventplatform.land.sources import build_lander
+from eventplatform.land.spend import ensure_backfilled, is_backfilled, record_spend
 from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.helpers import decoded_event, land_rows
 

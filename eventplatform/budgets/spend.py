@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from clickhouse_connect.driver.client import Client
+
 from eventplatform.budgets.campaigns import Campaign
-from eventplatform.budgets.ledger import ensure_backfilled, first_landed_cost_events
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.land.spend import ensure_backfilled, first_landed_cost_events
 
 ACTIVE, PAUSED_DAILY, EXHAUSTED, ENDED, SCHEDULED = (
     "active",
@@ -46,13 +48,15 @@ class CampaignSpend:
 NO_SPEND = CampaignSpend(0.0, ())
 
 
-def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
+def read_spend(
+    clickhouse: ClickHouse, now: datetime, client: Client | None = None
+) -> dict[str, CampaignSpend]:
     """Spend per campaign id, counting only the events of the campaign's owner, from the
-    incremental rollup (``ledger.py``): a few rows per campaign, whatever the history."""
+    incremental rollup (``land/spend.py``): a few rows per campaign, whatever the history."""
     db = clickhouse.database
     owned = f"(customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
     recent = now - timedelta(hours=50)  # covers "today" in every time zone
-    with clickhouse.session() as client:
+    with clickhouse.reusing(client) as client:
         ensure_backfilled(client, db)  # tables landed before the rollup existed, once
         totals = client.query(
             f"SELECT campaign_id, sum(cost) FROM {db}.spend WHERE kind = 'total' AND {owned} "

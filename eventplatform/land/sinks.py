@@ -5,7 +5,7 @@ lake's file names come from the batch's offset ranges (the same files are replac
 ClickHouse insert carries an ``insert_deduplication_token`` derived from them (the table's
 deduplication window drops the repeat). The insert is split by month groups, because the
 tables are partitioned by month and an insert into more partitions than the server allows
-fails whole. A batch of events also records its spend (``budgets/ledger.py``) in the same
+fails whole. A batch of events also records its spend (``land/spend.py``) in the same
 ClickHouse session, before its offsets are committed.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eventplatform.budgets.ledger import record_spend, serialized
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.crashpoints import crashpoint
 from eventplatform.land.lake import OffsetRange, WrittenFile
+from eventplatform.land.spend import record_spend, serialized
 
 
 class Sinks:

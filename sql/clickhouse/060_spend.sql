@@ -1,6 +1,6 @@
 -- Incremental spend (issues 14 and 16): kept per batch by the landing run, so a budget
 -- refresh reads a few rows per campaign instead of every cost event ever landed
--- (eventplatform/budgets/ledger.py, docs/budgets.md).
+-- (eventplatform/land/spend.py, docs/budgets.md).
 --
 -- spend_seen: every distinct cost event (customer_id:event_id) that was spent, and the batch
 -- (its deduplication token) that spent it. A key-value store (point lookups by key), so a
