@@ -207,3 +207,26 @@ def test_events_landed_before_the_rollup_are_backfilled_once(clickhouse) -> None
     )
     assert totals(clickhouse) == {"cmp-a": 18.0}
     assert spend_drift(clickhouse, NOW) == []
+
+
+def test_verify_spend_reports_a_rollup_that_drifted(platform_env: Settings) -> None:
+    """`campaigns verify-spend`: exit 0 when the rollup equals the recompute; a row the
+    landing did not write (faked: an insert by hand) makes it exit 1 naming the campaign."""
+    from click.testing import CliRunner
+
+    from eventplatform.budgets.cli import campaigns
+
+    ch = platform_clickhouse(platform_env)
+    load(ch, "acme,cmp-a,1000,1000,USD,2026-01-01,2027-12-31,UTC,adnet\n")
+    land_rows(ch, [cost("adnet", "cmp-a", f"v{i}", 2.0) for i in range(3)], "v")
+    ok = CliRunner().invoke(campaigns, ["verify-spend"])
+    assert ok.exit_code == 0, ok.output
+    with ch.session() as client:
+        client.insert(
+            f"{ch.database}.spend",
+            [["total", datetime(1970, 1, 1), "adnet", "cmp-a", 1.0, 1]],
+            column_names=["kind", "bucket", "customer_id", "campaign_id", "cost", "events"],
+        )
+    drifted = CliRunner().invoke(campaigns, ["verify-spend"])
+    assert drifted.exit_code == 1
+    assert "cmp-a: incremental spend 7.000000, full recompute 6.000000" in drifted.output
