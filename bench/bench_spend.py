@@ -108,14 +108,14 @@ def measure(n: int, runs: int, now: datetime) -> dict[str, float]:
         fill(ch, n, now)
         filled = time.perf_counter() - started
         started = time.perf_counter()
-        with ch.session() as client:
+        with ch.session() as client:  # as the first landing batch after an upgrade does
             ensure_backfilled(client, ch.database)
         backfill = time.perf_counter() - started
 
         def refresh(read=read_spend) -> None:  # as BudgetController.refresh: one session
             with ch.session() as client:
                 campaigns = read_campaigns(ch, client)
-                spend = read(ch, now, client) if read is read_spend else read(ch, now)
+                spend = read(ch, now, client)
             campaign_states(campaigns, spend, now)
 
         rolled = timed(refresh, runs)

@@ -182,8 +182,8 @@ def test_a_campaign_loaded_after_its_events_counts_only_its_owners(clickhouse) -
 
 def test_events_landed_before_the_rollup_are_backfilled_once(clickhouse) -> None:
     """An upgrade: events landed without spend (the old landing), a backfill that crashed
-    half-way (faked: rows without the marker), then the first refresh backfills from scratch,
-    and a later resend of a backfilled event adds nothing."""
+    half-way (faked: rows without the marker); a refresh recomputes until the first landed
+    batch backfills from scratch, and a later resend of a backfilled event adds nothing."""
     load(clickhouse, "acme,cmp-a,1000,1000,USD,2026-01-01,2026-12-31,UTC,adnet\n")
     old = [cost("adnet", "cmp-a", f"b{i}", 1.0 + i) for i in range(5)]
     old += [cost("adnet", "cmp-a", "b0", 1.0)]  # a retry the old landing stored twice
@@ -197,11 +197,12 @@ def test_events_landed_before_the_rollup_are_backfilled_once(clickhouse) -> None
             column_names=["kind", "bucket", "customer_id", "campaign_id", "cost", "events"],
         )
         assert not is_backfilled(client, db)
-    assert totals(clickhouse) == {"cmp-a": 15.0}
+    assert totals(clickhouse) == {"cmp-a": 15.0}  # not backfilled yet: recomputed
     with clickhouse.session() as client:
+        assert not is_backfilled(client, db)
+        assert record_spend(client, db, table, "o") == 0  # backfills, then all spent
         assert is_backfilled(client, db)
         assert not ensure_backfilled(client, db)  # once
-        assert record_spend(client, db, table, "o") == 0  # already spent by the backfill
     land_rows(
         clickhouse, [cost("adnet", "cmp-a", "b3", 4.0), cost("adnet", "cmp-a", "n", 3.0)], "n"
     )

@@ -24,7 +24,7 @@ from clickhouse_connect.driver.client import Client
 
 from eventplatform.budgets.campaigns import Campaign
 from eventplatform.clickhouse import ClickHouse
-from eventplatform.land.spend import ensure_backfilled, first_landed_cost_events
+from eventplatform.land.spend import first_landed_cost_events, is_backfilled
 
 ACTIVE, PAUSED_DAILY, EXHAUSTED, ENDED, SCHEDULED = (
     "active",
@@ -57,7 +57,10 @@ def read_spend(
     owned = f"(customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
     recent = now - timedelta(hours=50)  # covers "today" in every time zone
     with clickhouse.reusing(client) as client:
-        ensure_backfilled(client, db)  # tables landed before the rollup existed, once
+        if not is_backfilled(client, db):
+            # Landed before the rollup existed: the first landing batch backfills it (under
+            # the landing's serialization); until then, the recompute is the answer.
+            return recompute_spend(clickhouse, now, client)
         totals = client.query(
             f"SELECT campaign_id, sum(cost) FROM {db}.spend WHERE kind = 'total' AND {owned} "
             "GROUP BY campaign_id"
@@ -70,7 +73,9 @@ def read_spend(
     return _spend_by_campaign(totals, buckets)
 
 
-def recompute_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
+def recompute_spend(
+    clickhouse: ClickHouse, now: datetime, client: Client | None = None
+) -> dict[str, CampaignSpend]:
     """The same as ``read_spend``, recomputed from every landed cost event: the reference
     that the rollup must equal (tests, ``spend_drift``), and the cost it saves."""
     db = clickhouse.database
@@ -84,7 +89,7 @@ def recompute_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, Campaign
         f"FROM ({first_landed_cost_events(db, owned)})"
     )
     recent = now - timedelta(hours=50)
-    with clickhouse.session() as client:
+    with clickhouse.reusing(client) as client:
         totals = client.query(
             f"SELECT campaign_id, sum(event_cost) FROM ({deduplicated}) GROUP BY campaign_id"
         ).result_rows

@@ -30,8 +30,9 @@ picks the owner's row (``spend.read_spend``). A campaign loaded after its events
 customer naming it, is handled at read time; a campaign's owner never changes (campaigns.py).
 
 Tables landed before this existed are backfilled once (:func:`ensure_backfilled`), from the
-landed events, before the first batch is recorded; a marker row, written last, says it is
-done, and a crashed backfill is redone from scratch.
+landed events, by the first batch recorded (so under the same serialization); a marker row,
+written last, says it is done, and a crashed backfill is redone from scratch. Until then a
+refresh recomputes (``budgets/spend.py``).
 """
 
 from __future__ import annotations
