@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import fcntl
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +55,7 @@ BUCKET_S = 15 * 60  # every IANA offset is a whole number of quarter hours
 EPOCH = datetime(1970, 1, 1)
 TOTAL, BUCKET, BACKFILLED = "total", "bucket", "backfilled"
 BACKFILL_BATCH = "backfill"
+BACKFILL_SLICES = 16  # the backfill deduplicates a sixteenth of the keys at a time
 _COLUMNS = ["kind", "bucket", "customer_id", "campaign_id", "cost", "events"]
 
 
@@ -125,19 +126,15 @@ def record_spend(client: Client, database: str, table: pa.Table, token: str) -> 
         f"{database}.spend_seen", [[key, token] for key in new], column_names=["key", "batch"]
     )
     crashpoint("after_spend_seen")
-    totals: dict[tuple[str, str], list] = {}
-    buckets: dict[tuple[int, str, str], list] = {}
+    sums: dict[tuple[str, int, str, str], list] = {}  # (kind, bucket, customer, campaign)
     for customer, campaign, value, bucket in new.values():
-        for index, key in (
-            (totals, (customer, campaign)),
-            (buckets, (bucket, customer, campaign)),
-        ):
-            acc = index.setdefault(key, [0.0, 0])  # type: ignore[attr-defined]
+        for key in ((TOTAL, 0, customer, campaign), (BUCKET, bucket, customer, campaign)):
+            acc = sums.setdefault(key, [0.0, 0])
             acc[0] += value
             acc[1] += 1
-    rows = [[TOTAL, EPOCH, c, k, v[0], v[1]] for (c, k), v in sorted(totals.items())] + [
-        [BUCKET, datetime.fromtimestamp(b, UTC).replace(tzinfo=None), c, k, v[0], v[1]]
-        for (b, c, k), v in sorted(buckets.items())
+    rows = [
+        [kind, datetime.fromtimestamp(b, UTC).replace(tzinfo=None), c, k, cost, n]
+        for (kind, b, c, k), (cost, n) in sorted(sums.items())
     ]
     client.insert(
         f"{database}.spend",
@@ -150,11 +147,9 @@ def record_spend(client: Client, database: str, table: pa.Table, token: str) -> 
 
 
 def is_backfilled(client: Client, database: str) -> bool:
-    return bool(
-        client.query(f"SELECT count() FROM {database}.spend WHERE kind = 'backfilled'").result_rows[
-            0
-        ][0]
-    )
+    """Whether the one-time backfill is done (its marker row is there)."""
+    query = f"SELECT count() FROM {database}.spend WHERE kind = 'backfilled'"
+    return bool(client.query(query).result_rows[0][0])
 
 
 def ensure_backfilled(client: Client, database: str) -> bool:
@@ -164,31 +159,37 @@ def ensure_backfilled(client: Client, database: str) -> bool:
     marker is the last insert, so a crash anywhere before it redoes the whole backfill."""
     if is_backfilled(client, database):
         return False
-    client.command(f"TRUNCATE TABLE {database}.spend_seen")
-    client.command(f"TRUNCATE TABLE {database}.spend")
-    first = first_landed_cost_events(database)
-    no_dedup = {"insert_deduplicate": 0}
+    for table in ("spend_seen", "spend", "spend_backfill"):
+        client.command(f"TRUNCATE TABLE {database}.{table}")
+    once = "SETTINGS insert_deduplicate = 0"
+    staged = f"{database}.spend_backfill"
+    for piece in range(BACKFILL_SLICES):  # every copy of a key is in the same slice
+        where = f"AND cityHash64(customer_id, event_id) % {BACKFILL_SLICES} = {piece}"
+        client.command(f"INSERT INTO {staged} {once} {first_landed_cost_events(database, where)}")
     client.command(
-        f"INSERT INTO {database}.spend_seen (key, batch) SETTINGS insert_deduplicate = 0 "
-        f"SELECT concat(customer_id, ':', event_id), '{BACKFILL_BATCH}' FROM ({first})"
+        f"INSERT INTO {database}.spend_seen (key, batch) {once} "
+        f"SELECT concat(customer_id, ':', event_id), '{BACKFILL_BATCH}' FROM {staged}"
     )
+    columns = ", ".join(_COLUMNS)
     client.command(
-        f"INSERT INTO {database}.spend ({', '.join(_COLUMNS)}) SETTINGS insert_deduplicate = 0 "
+        f"INSERT INTO {database}.spend ({columns}) {once} "
         f"SELECT 'total', toDateTime(0, 'UTC'), customer_id, named_campaign, sum(event_cost), "
-        f"count() FROM ({first}) GROUP BY customer_id, named_campaign"
+        f"count() FROM {staged} GROUP BY customer_id, named_campaign"
     )
     client.command(
-        f"INSERT INTO {database}.spend ({', '.join(_COLUMNS)}) SETTINGS insert_deduplicate = 0 "
+        f"INSERT INTO {database}.spend ({columns}) {once} "
         f"SELECT 'bucket', toStartOfFifteenMinutes(event_time), customer_id, named_campaign, "
-        f"sum(event_cost), count() FROM ({first}) "
+        f"sum(event_cost), count() FROM {staged} "
         "GROUP BY toStartOfFifteenMinutes(event_time), customer_id, named_campaign"
     )
+    no_dedup = {"insert_deduplicate": 0}
     client.insert(
         f"{database}.spend",
         [[BACKFILLED, EPOCH, "", "", 0.0, 1]],
         column_names=_COLUMNS,
         settings=no_dedup,
     )
+    client.command(f"TRUNCATE TABLE {staged}")
     return True
 
 
@@ -212,8 +213,7 @@ def serialized(clickhouse: ClickHouse, lock_path: Path | None) -> Iterator[None]
     """One batch's spend at a time. The embedded engine's session is already exclusive
     across processes; with a server, a file lock (one machine's landing processes)."""
     if clickhouse.embedded or lock_path is None:
-        with nullcontext():
-            yield
+        yield
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock_file:

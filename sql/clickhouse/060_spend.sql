@@ -30,3 +30,15 @@ ENGINE = SummingMergeTree((cost, events))
 ORDER BY (kind, bucket, customer_id, campaign_id)
 SETTINGS non_replicated_deduplication_window = 100000,
     fsync_after_insert = 1, fsync_part_directory = 1;
+-- spend_backfill: the first copy of each landed cost event, staged by the one-time backfill
+-- (in slices by key hash, so its memory is a slice's) and emptied after it.
+CREATE TABLE IF NOT EXISTS {database}.spend_backfill
+(
+    customer_id    LowCardinality(String),
+    event_id       String,
+    named_campaign String,
+    event_cost     Float64,
+    event_time     DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY tuple();
