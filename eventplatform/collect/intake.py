@@ -382,10 +382,12 @@ class Intake:
         max_decompressed: int,
         max_events: int,
         max_event_bytes: int,
+        received_ms: int | None = None,
     ) -> Batch:
         """A request body as sent into its events, every limit enforced as early as it can be
         (``read_body``); the usual body's good events already validated and encoded by the
-        native fast path (``Encoded``), with ``received_ts`` stamped now."""
+        native fast path (``Encoded``), with ``received_ts`` stamped now (or
+        ``received_ms``)."""
         if gzip:
             body = inflate(body, max_decompressed, content_type, max_events)
         # (one limit for a line as sent and an event encoded: the collector's, the same)
@@ -396,7 +398,7 @@ class Intake:
                 body,
                 is_ndjson(body, content_type),
                 customer,
-                int(time.time() * 1000),
+                int(time.time() * 1000) if received_ms is None else received_ms,
                 self.source,
                 max_events,
                 max_event_bytes,
@@ -405,10 +407,13 @@ class Intake:
                 return encoded
         return parse_body(body, content_type, max_events, max_event_bytes)
 
-    def prepare(self, customer: str, batch: Batch, quota_checked: int) -> Prepared:
+    def prepare(
+        self, customer: str, batch: Batch, quota_checked: int, received_ms: int | None = None
+    ) -> Prepared:
         """Each event of ``batch`` validated and encoded, or its dead letter: the first
         ``quota_checked`` good ones for raw, the others for overflow. Events the native path
-        took come encoded; the rest go through the Python validator and codec here."""
+        took come encoded (stamped when read); the rest go through the Python validator and
+        codec here, stamped ``received_ms`` (default now)."""
         if isinstance(batch, Encoded):
             received_ms = batch.received_ms
             if not batch.python:  # the usual batch: every event good, nothing to do here
@@ -419,7 +424,7 @@ class Intake:
                 return Prepared(good[:quota], good[quota:], [], batch.size, result)
             pairs = self._python_events(batch)
         else:
-            received_ms = int(time.time() * 1000)
+            received_ms = int(time.time() * 1000) if received_ms is None else received_ms
             pairs = batch
         result = IntakeResult()
         key = customer.encode()
