@@ -20,6 +20,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 /// Nesting deeper than this is left to orjson (which allows 1024): the parser recurses.
 const MAX_DEPTH: usize = 64;
+/// Bodies larger than this are read without holding the GIL.
+const RELEASE_GIL_BYTES: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // JSON values, as much of them as validation needs
@@ -731,10 +733,19 @@ impl EventEncoder {
         max_events: usize,
         max_event_bytes: usize,
     ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, usize)>> {
-        let batch = if ndjson {
-            self.lines(body, customer, received_ms, default_source, max_events, max_event_bytes)
+        let read = || {
+            if ndjson {
+                self.lines(body, customer, received_ms, default_source, max_events, max_event_bytes)
+            } else {
+                self.array(body, customer, received_ms, default_source, max_events, max_event_bytes)
+            }
+        };
+        // A large body (read in a worker thread) is parsed without the GIL, so the event loop
+        // keeps answering meanwhile; a small one keeps it (a handoff costs more than it).
+        let batch = if body.len() > RELEASE_GIL_BYTES {
+            py.allow_threads(read)
         } else {
-            self.array(body, customer, received_ms, default_source, max_events, max_event_bytes)
+            read()
         };
         let batch = match batch {
             Some(b) => b,
