@@ -9,6 +9,7 @@ existing Kafka installation's jars) and ``DAGSTER_HOME``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -416,7 +417,8 @@ class MartSettings(BaseSettings):
         default="30 0 * * *", description="When yesterday's partition is built (UTC)."
     )
     intraday_cron: str = Field(
-        default="*/15 * * * *", description="How often today's partition is rebuilt (UTC)."
+        default="*/15 * * * *",
+        description="Today's partition is rebuilt after each tick (UTC) once events landed since.",
     )
     sensor_interval_s: int = Field(default=120, description="How often late data is looked for.")
     duckdb_memory_limit: str = "4GB"
@@ -558,6 +560,18 @@ def mask_secret(name: str, value: object) -> object:
     return value
 
 
-@functools.cache
+# The environment variables the settings read (every field's EP_* name and the well-known ones).
+_SETTINGS_ENV = ("EP_", "DAGSTER_HOME", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_HOME")
+
+
 def get_settings() -> Settings:
+    """The settings of the current environment, for composition roots (the CLI, the code
+    location's load). Built once per distinct environment: a process that changes an EP_*
+    variable (a test, a CLI flag) gets settings that say so, with no cache to clear."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_SETTINGS_ENV)))
+    return _settings_for(env)
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_for(env: tuple[tuple[str, str], ...]) -> Settings:
     return Settings()

@@ -147,7 +147,7 @@ def land_shard(
     kafka: KafkaResource,
 ):
     source = config.to_source(settings)
-    lander = build_lander(settings, source, config.shard)
+    lander = build_lander(settings, source, config.shard, clickhouse.get_client())
     kind = source.kind
     controller = (
         BudgetController(

@@ -15,7 +15,9 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSelection,
     AssetSpec,
+    AutomationCondition,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Definitions,
@@ -50,6 +52,15 @@ def marts_partitions(settings: Settings) -> DailyPartitionsDefinition:
     )
 
 
+def intraday_condition(settings: Settings) -> AutomationCondition:
+    """Today's partition, once per EP_MARTS_INTRADAY_CRON tick, after events landed since the
+    tick (on_cron waits for the lake only: the usage mart also reads dead letters, which may
+    never change in a tick). An idle platform rebuilds nothing."""
+    return AutomationCondition.on_cron(settings.marts.intraday_cron).allow(
+        AssetSelection.assets(LAKE)
+    )
+
+
 def _column_schema(mart: Mart, types: dict[str, str] | None = None) -> TableSchema:
     return TableSchema(
         columns=[
@@ -70,6 +81,7 @@ def _spec(settings: Settings, mart: Mart) -> AssetSpec:
         # The usage mart also counts dead letters.
         deps=[LAKE, "dead_letters"] if mart.name == "customer_usage_daily" else [LAKE],
         partitions_def=marts_partitions(settings),
+        automation_condition=intraday_condition(settings),
         metadata={
             "dagster/column_schema": _column_schema(mart, {f.name: str(f.type) for f in schema}),
             "grain": ", ".join(mart.grain),
