@@ -276,6 +276,14 @@ def read_body(
     return parse_body(body, content_type, max_events, max_event_bytes)
 
 
+class _Produced(Exception):
+    """A batch the producer refused in part: the bytes it took, and the refusal."""
+
+    def __init__(self, size: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.size, self.error = size, error
+
+
 # A body's events: (event, bytes as sent) pairs for the Python path, or natively encoded.
 Batch = list[tuple[Any, bytes | None]] | Encoded
 # Stands for an event the native path took, among the pairs of the events Python checks.
@@ -521,12 +529,14 @@ class Intake:
                     (self.overflow_topic, prepared.overflow),
                 ):
                     if messages:
-                        self._produce_batch(topic, messages, callback)
-                        unproduced -= sum(len(m["value"]) for m in messages)
+                        unproduced -= self._produce_batch(topic, messages, callback)
                 key = customer.encode()
                 for value, headers in prepared.dead:
                     self._produce_one(self.dlq_topic, key, value, headers, callback)
                     unproduced -= len(value)
+            except _Produced as partly:  # its refused part was given back already
+                unproduced -= sum(len(m["value"]) for m in messages)
+                raise partly.error from None
             finally:  # room taken for messages never produced is given back (no leak to 503)
                 if unproduced:
                     with self._bytes_lock:
@@ -538,18 +548,29 @@ class Intake:
         result.delivery = waiter
         return result
 
-    def _produce_batch(self, topic: str, messages: list[dict[str, Any]], callback) -> None:
+    def _produce_batch(self, topic: str, messages: list[dict[str, Any]], callback) -> int:
         """``messages`` to ``topic`` in one call (the key's partition, as ``produce`` picks
-        it); one the producer refused is produced alone, as ``_produce_one`` does."""
+        it); one the producer refused for room is produced alone, as ``_produce_one`` does.
+        Returns the bytes produced; on another refusal, raises with the bytes not produced
+        given back first (the room of the ones produced stays taken until delivered)."""
+        size = sum(len(m["value"]) for m in messages)
         if self.producer.produce_batch(topic, messages, on_delivery=callback) == len(messages):
-            return
+            return size
+        failed = None
         for message in messages:
             error = message.pop("_error", None)
             if error is None:
                 continue
-            if error.code() != KafkaError._QUEUE_FULL:
-                raise KafkaException(error)
-            self._produce_one(topic, message["key"], message["value"], None, callback)
+            if error.code() == KafkaError._QUEUE_FULL and failed is None:
+                self._produce_one(topic, message["key"], message["value"], None, callback)
+                continue
+            failed = failed or error
+            size -= len(message["value"])
+        if failed is not None:
+            with self._bytes_lock:
+                self.buffered_bytes -= sum(len(m["value"]) for m in messages) - size
+            raise _Produced(size, KafkaException(failed))
+        return size
 
     def _produce_one(self, topic: str, key: bytes, value: bytes, headers: Any, callback) -> None:
         while True:
