@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eventplatform.clickhouse import ClickHouse, platform_clickhouse
+from eventplatform.enrich import enricher_from_settings
 from eventplatform.kafka.lag import consumer_lag
 from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
@@ -92,7 +93,7 @@ def build_lander(
         topic=source.topic,
         shard=shard,
         shards=source.shards,
-        rows=rows_for(source.kind, settings.event_policy),
+        rows=rows_for(source.kind, settings.event_policy, enricher_from_settings(settings)),
         lake_dir=settings.lake_dir,
         clickhouse=clickhouse or platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,

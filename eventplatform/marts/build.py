@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -36,9 +37,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eventplatform.events.arrow import KAFKA_FIELDS, landed_schema
+from eventplatform.events.arrow import ENRICHED_FIELDS, KAFKA_FIELDS, landed_schema
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA
 from eventplatform.marts.catalog import Mart, load_marts
+from eventplatform.marts.enriched import (
+    EMPTY_EVENTS,
+    ENRICHED_EVENT_COLUMNS,
+    bot_filter,
+    events_source,
+)
 from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days, input_days
 
 MARTS_DIR = "marts"
@@ -64,13 +71,14 @@ EVENT_COLUMNS = (
     "kafka_partition",
     "kafka_offset",
     "landed_ts",
+    *ENRICHED_EVENT_COLUMNS,
 )
 _FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
 
 
 def event_bytes_sql() -> str:
     """The landed row's uncompressed size, from the contract (every field but Kafka's)."""
-    kafka = {f.name for f in KAFKA_FIELDS}
+    kafka = {f.name for f in KAFKA_FIELDS} | {f.name for f in ENRICHED_FIELDS}  # not sent
     terms = []
     for f in landed_schema():
         if f.name in kafka:
@@ -145,18 +153,19 @@ class MartBuilder:
     def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs, history: list[DayInputs]):
         columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
         overflow = _literal(self.settings.kafka.overflow_topic)
+        con.register(EMPTY_EVENTS, landed_schema().empty_table())
+        source = EMPTY_EVENTS
         if day.events:
             files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
-            source = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
-        else:
-            empty = landed_schema().empty_table()
-            con.register("_empty_events", empty)
-            source = "_empty_events"
+            source = events_source(
+                f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
+            )
         # A view: each reader scans only the columns it needs (projection pushdown).
         con.execute(
             f"CREATE TEMP VIEW events_raw AS SELECT {columns}, kafka_topic = {overflow} "
             f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
             f"DATE '{day.day.isoformat()}' AS event_date FROM {source}"
+            + bot_filter(self.settings.marts.include_bots)
         )
         # Dedupe: most events are landed once, so only the rows of repeated ids go through
         # the window (first landed wins); the rest stream through an anti-join.
@@ -471,29 +480,28 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 
 _SCHEMAS: dict[tuple, pa.Schema] = {}
+_EMPTY_DAYS: dict[tuple, tuple[MartBuilder, duckdb.DuckDBPyConnection]] = {}
+_SCHEMA_LOCK = threading.Lock()
 
 
 def output_schema(settings, mart: Mart) -> pa.Schema:
-    """The mart's columns and types, from running its SQL over empty inputs (once per process
-    for the same SQL and the settings it reads: the definitions and every run ask for them)."""
+    """The mart's columns and types, from running its SQL over empty inputs: once per process
+    for the same SQL and the settings it reads, over one prepared empty day (the definitions
+    and every run ask for every mart's; preparing a day per mart cost 0.3 s each)."""
     m = settings.marts
-    key = (mart.sql, settings.kafka.overflow_topic, tuple(m.funnel), m.retention_weeks)
-    if key not in _SCHEMAS:
-        _SCHEMAS[key] = _compute_output_schema(settings, mart)
-    return _SCHEMAS[key]
-
-
-def _compute_output_schema(settings, mart: Mart) -> pa.Schema:
-    builder = MartBuilder(settings, [mart])
-    con = builder._connect(spill=False)
-    try:
-        empty = DayInputs(date(2000, 1, 3), (), (), "empty")
-        builder._prepare(con, empty, [empty])
-        return (
-            con.sql(mart.sql, params=builder._params(mart.sql, empty.day)).to_arrow_table().schema
-        )
-    finally:
-        con.close()
+    inputs = (settings.kafka.overflow_topic, tuple(m.funnel), m.retention_weeks)
+    with _SCHEMA_LOCK:
+        if (mart.sql, *inputs) not in _SCHEMAS:
+            if inputs not in _EMPTY_DAYS:
+                builder = MartBuilder(settings, [])
+                con = builder._connect(spill=False)
+                empty = DayInputs(date(2000, 1, 3), (), (), "empty")
+                builder._prepare(con, empty, [empty])
+                _EMPTY_DAYS[inputs] = builder, con
+            builder, con = _EMPTY_DAYS[inputs]
+            params = builder._params(mart.sql, date(2000, 1, 3))
+            _SCHEMAS[(mart.sql, *inputs)] = con.sql(mart.sql, params=params).to_arrow_table().schema
+        return _SCHEMAS[(mart.sql, *inputs)]
 
 
 __all__ = ["MartBuilder", "MartPartition", "ReconcileResult", "history_days", "output_schema"]
