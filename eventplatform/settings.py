@@ -203,6 +203,12 @@ class CollectorSettings(BaseSettings):
         "good, under failed/). Default: <data_dir>/collector-journal.",
     )
     retry_after_s: int = 2
+    native_intake: bool = Field(
+        default=True,
+        description="Validate and encode the usual body's good events in native code (one "
+        "pass, JSON to Avro); every other event, and every error, is the Python validator's. "
+        "false: every event takes the Python path (the reference).",
+    )
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
     access_log: bool = False
     # Tenant isolation at intake (issue 13): what one customer can take of the collector.

@@ -192,8 +192,8 @@ def test_spend_is_exactly_the_owners_distinct_events(
     distinct cost event is in the foreign figure of its sender."""
     ch = fuzz_clickhouse
     with ch.session() as client:
-        client.command("TRUNCATE TABLE ep_fuzz.events")
-        client.command("TRUNCATE TABLE ep_fuzz.campaigns")
+        for table in ("events", "campaigns", "spend", "spend_seen"):
+            client.command(f"TRUNCATE TABLE ep_fuzz.{table}")
     rows = "".join(
         f"x,cmp-{k},1000,1000,USD,2026-01-01,2026-12-31,UTC,{owner}\n"
         for k, owner in enumerate(owners)
