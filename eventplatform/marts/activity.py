@@ -98,6 +98,7 @@ class ActivityState:
         self.scanner = scanner
         self.day_events = day_events
         self.source = ""  # how the last state was made: "chained" or "rebuilt"
+        self.recomputed: list[date] = []  # days whose user set was recomputed from the lake
 
     def prepare_day_users(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(
@@ -124,6 +125,7 @@ class ActivityState:
             return f"read_parquet('{path}')"
         if self.scanner.day(day).fingerprint == "empty":
             return "(SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS user_id LIMIT 0)"
+        self.recomputed.append(day)
         name = f"_events_{day.strftime('%Y%m%d')}"
         self.day_events(con, self.scanner.day(day), name)
         return f"(SELECT DISTINCT customer_id, user_id FROM {name} WHERE user_id IS NOT NULL)"

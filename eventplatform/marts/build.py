@@ -186,6 +186,7 @@ class MartBuilder:
         self.clickhouse = clickhouse
         self.timings: dict[str, float] = {}  # seconds per stage of the last build_day
         self.state_parts: list[MartPartition] = []  # the state assets the last build wrote
+        self.activity: ActivityState | None = None  # how the last build made its state
 
     # -- the day's relations -------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class MartBuilder:
     ) -> ActivityState:
         """``day_users`` and ``user_activity`` when a selected mart or state asset needs them
         (empty tables otherwise, so every mart's SQL binds)."""
-        activity = self._activity(scanner)
+        activity = self.activity = self._activity(scanner)
         needs_activity = USER_ACTIVITY in state or any(m.reads_history for m in marts)
         if needs_activity or DAILY_USERS in state:
             activity.prepare_day_users(con)
