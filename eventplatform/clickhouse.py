@@ -44,6 +44,10 @@ class ClickHouse:
             configure_engine_allocator(engine_malloc_conf)
         self._client: Client | None = None
         self._thread_lock = threading.Lock()  # one engine handle per process at a time, too
+        # the open embedded session of this thread: a nested session() reuses it, so a unit of
+        # work made of several steps opens the engine once (each open costs 50-150 ms, more
+        # as parts accumulate)
+        self._held = threading.local()
         if self.embedded:
             path = Path(dsn.removeprefix("chdb://"))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,19 +55,28 @@ class ClickHouse:
 
     @contextmanager
     def session(self) -> Iterator[Client]:
-        """A client for one unit of work (a batch insert, a query, a DDL run)."""
+        """A client for one unit of work (a batch insert, a query, a DDL run).
+
+        Sessions nest: inside an open one, ``session()`` in the same thread yields the same
+        client, so a caller can hold the engine across several steps that each ask for one."""
         if not self.embedded:
             with self._thread_lock:
                 if self._client is None:
                     self._client = clickhouse_connect.get_client(dsn=self.dsn)
             yield self._client
             return
+        held = getattr(self._held, "client", None)
+        if held is not None:  # nested in this thread's open session: the same engine handle
+            yield held
+            return
         with self._thread_lock, open(self._lock_path, "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             client = clickhouse_connect.get_client(dsn=self.dsn)
+            self._held.client = client
             try:
                 yield client
             finally:
+                self._held.client = None
                 client.close()
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 

@@ -414,7 +414,8 @@ class MartSettings(BaseSettings):
         default="30 0 * * *", description="When yesterday's partition is built (UTC)."
     )
     intraday_cron: str = Field(
-        default="*/15 * * * *", description="How often today's partition is rebuilt (UTC)."
+        default="*/15 * * * *",
+        description="Today's partition is rebuilt after each tick (UTC) once events landed since.",
     )
     sensor_interval_s: int = Field(default=120, description="How often late data is looked for.")
     duckdb_memory_limit: str = "4GB"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -101,7 +102,7 @@ INSERT_SCRIPT = """
 import sys
 from eventplatform.clickhouse import ClickHouse
 ch = ClickHouse(sys.argv[1], "ep_test")
-for i in range(20):
+for i in range(8):
     with ch.session() as client:
         client.command(f"INSERT INTO ep_test.counter VALUES ('{sys.argv[2]}', {i})")
 """
@@ -125,7 +126,29 @@ def test_embedded_engine_is_shared_between_processes(tmp_path: Path) -> None:
         rows = client.query(
             "SELECT who, count() FROM ep_test.counter GROUP BY who ORDER BY who"
         ).result_rows
-    assert rows == [("a", 20), ("b", 20), ("c", 20)]
+    assert rows == [("a", 8), ("b", 8), ("c", 8)]
+
+
+def test_sessions_nest_in_one_thread_and_other_threads_wait(tmp_path: Path) -> None:
+    """A nested session reuses the open engine handle; another thread waits for it to close."""
+    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_test")
+    seen: list[object] = []
+
+    def other_thread() -> None:
+        with clickhouse.session() as client:
+            seen.append(client)
+            assert client.query("SELECT 2").result_rows == [(2,)]
+
+    with clickhouse.session() as outer:
+        with clickhouse.session() as inner:
+            assert inner is outer
+        assert outer.query("SELECT 1").result_rows == [(1,)]  # still open after the inner
+        waiting = threading.Thread(target=other_thread)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and not seen  # the engine is this thread's until it closes
+    waiting.join(60)
+    assert len(seen) == 1 and seen[0] is not outer
 
 
 def test_split_statements_drops_comments_and_keeps_semicolon_free_text() -> None:

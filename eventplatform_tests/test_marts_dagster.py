@@ -16,15 +16,24 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import (
     AssetKey,
+    AssetMaterialization,
+    AssetSpec,
     DagsterInstance,
+    DefaultSensorStatus,
+    Definitions,
     RunRequest,
     build_schedule_context,
     build_sensor_context,
+    evaluate_automation_conditions,
     materialize,
 )
 
-from eventplatform.defs.marts.assets import FINGERPRINTS, marts_asset
-from eventplatform.defs.marts.automation import marts_late_data_sensor, marts_schedules
+from eventplatform.defs.marts.assets import FINGERPRINTS, LAKE, marts_asset
+from eventplatform.defs.marts.automation import (
+    marts_automation_sensor,
+    marts_late_data_sensor,
+    marts_schedules,
+)
 from eventplatform.defs.resources import platform_resources
 from eventplatform.marts.catalog import load_marts
 from eventplatform.settings import REPO_ROOT, Settings
@@ -68,7 +77,14 @@ def impressions(settings: Settings, day: date) -> int:
 def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> None:
     from eventplatform.definitions import defs
 
-    graph = defs().get_repository_def().asset_graph
+    loaded = defs()
+    graph = loaded.get_repository_def().asset_graph
+    # every asset with an automation condition is evaluated by a sensor of ours, running by
+    # default (so Dagster adds no default_automation_condition_sensor, which starts stopped)
+    sensors = {s.name: s for s in loaded.get_repository_def().sensor_defs}
+    assert "default_automation_condition_sensor" not in sensors
+    for name in ("marts_automation", "budgets_automation"):
+        assert sensors[name].default_status == DefaultSensorStatus.RUNNING
     for name in ALL:
         node = graph.get(AssetKey(name))
         assert node.group_name == "marts"
@@ -84,6 +100,7 @@ def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> N
         assert all(c.description for c in columns) and columns[0].name == "event_date"
         assert {"duckdb", "parquet", "clickhouse"} <= set(node.kinds)
         assert graph.get_check_keys_for_assets({AssetKey(name)})
+        assert node.automation_condition is not None  # today's partition: on_cron
 
 
 def test_materializing_a_partition_records_its_figures_and_passing_checks(
@@ -163,15 +180,48 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
     assert evaluate().skip_reason is not None and not evaluate().run_requests
 
 
-def test_schedules_build_yesterday_after_the_day_closes_and_today_often(
-    mart_env: Settings,
-) -> None:
-    marts_daily, marts_intraday = marts_schedules(mart_env)
+def test_the_daily_schedule_builds_yesterday_after_the_day_closes(mart_env: Settings) -> None:
+    (marts_daily,) = marts_schedules(mart_env)
     at = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
     daily = marts_daily(build_schedule_context(scheduled_execution_time=at))
     assert daily.partition_key == "2026-11-23"
-    intraday = marts_intraday(build_schedule_context(scheduled_execution_time=at))
-    assert intraday.partition_key == "2026-11-24"
+
+
+def test_automation_builds_today_once_per_tick_after_events_landed(
+    mart_env: Settings, instance: DagsterInstance
+) -> None:
+    """Declarative automation on a real instance: after an intra-day cron tick, today's
+    partition of every mart is requested once the lake changed, and only once per tick."""
+    defs = Definitions(
+        assets=[marts_asset(mart_env), AssetSpec(LAKE), AssetSpec("dead_letters")],
+        sensors=[marts_automation_sensor()],
+        resources=platform_resources(mart_env),
+    )
+    now = datetime.now(UTC)
+    tick = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+
+    def evaluate(at: datetime, cursor=None):
+        return evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=at, cursor=cursor
+        )
+
+    before = evaluate(tick - timedelta(minutes=1))
+    assert before.total_requested == 0
+    idle = evaluate(now, before.cursor)  # the tick passed, nothing landed since: nothing to do
+    assert idle.total_requested == 0
+    instance.report_runless_asset_event(AssetMaterialization(LAKE))  # a landing batch
+    landed = evaluate(now + timedelta(seconds=1), idle.cursor)
+    today = (now + timedelta(seconds=1)).date().isoformat()
+    for name in ALL:
+        assert landed.get_requested_partitions(AssetKey(name)) == {today}, name
+    assert landed.total_requested == len(ALL)
+    instance.report_runless_asset_event(AssetMaterialization(LAKE))  # more, in the same tick
+    again = evaluate(now + timedelta(seconds=2), landed.cursor)
+    assert again.total_requested == 0
+
+    sensor = defs.get_sensor_def("marts_automation")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    assert sensor.run_tags == {"eventplatform/marts": "build"}  # one marts build at a time
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

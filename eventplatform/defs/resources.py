@@ -37,12 +37,19 @@ class ClickHouseResource(dg.ConfigurableResource):
         )
 
     def get_client(self) -> ClickHouse:
-        """One handle per resource instance: the DDL runs on first use, not per call."""
+        """One handle per resource instance; the DDL runs once per process and database (every
+        run of a code location builds its resources anew, and the DDL is idempotent)."""
         if self._client is None:
             client = ClickHouse(self.dsn, self.database, self.engine_malloc_conf)
-            client.apply_ddl(Path(self.sql_dir) / "clickhouse")
+            applied = (self.dsn, self.database, self.sql_dir)
+            if applied not in _DDL_APPLIED:
+                client.apply_ddl(Path(self.sql_dir) / "clickhouse")
+                _DDL_APPLIED.add(applied)
             self._client = client
         return self._client
+
+
+_DDL_APPLIED: set[tuple[str, str, str]] = set()
 
 
 class KafkaResource(dg.ConfigurableResource):

@@ -422,10 +422,11 @@ class MartBuilder:
         if self.clickhouse is not None:
             from eventplatform.marts.mirror import mirror_day
 
-            for name, (table, part) in computed.items():
-                mirror_day(self.clickhouse, self.by_name[name], day, table)
-                part.mirrored = True
-                part.reconciliations.extend(self.compare_mirror(name, day, table))
+            with self.clickhouse.session():  # the engine opened once for every mart's copy
+                for name, (table, part) in computed.items():
+                    mirror_day(self.clickhouse, self.by_name[name], day, table)
+                    part.mirrored = True
+                    part.reconciliations.extend(self.compare_mirror(name, day, table))
         self.timings["clickhouse"] = time.perf_counter() - start
         # the state assets are returned when asked for by name (written whenever computed)
         named = set(names or ()) & set(STATE_ASSETS)
@@ -561,8 +562,20 @@ def write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
+_SCHEMAS: dict[tuple, pa.Schema] = {}
+
+
 def output_schema(settings, mart: Mart) -> pa.Schema:
-    """The mart's columns and types, from running its SQL over empty inputs."""
+    """The mart's columns and types, from running its SQL over empty inputs (once per process
+    for the same SQL and the settings it reads: the definitions and every run ask for them)."""
+    m = settings.marts
+    key = (mart.sql, settings.kafka.overflow_topic, tuple(m.funnel), m.retention_weeks)
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = _compute_output_schema(settings, mart)
+    return _SCHEMAS[key]
+
+
+def _compute_output_schema(settings, mart: Mart) -> pa.Schema:
     builder = MartBuilder(settings, [mart])
     con = builder._connect(spill=False)
     try:

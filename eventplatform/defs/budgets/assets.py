@@ -6,7 +6,15 @@ time); this asset runs the same controller whenever the landed events change (ea
 automation), records the statuses for the UI and runs the checks (``checks.py``).
 """
 
-from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    MaterializeResult,
+    asset,
+)
 
 from eventplatform.budgets.signals import BudgetController
 from eventplatform.defs.budgets.metadata import budget_metadata
@@ -32,3 +40,15 @@ def campaign_budgets(
     for signal in signals:
         context.log.info(f"signal {signal['action']} {signal['campaign_id']}: {signal['reason']}")
     return MaterializeResult(metadata=budget_metadata(states, signals))
+
+
+# On by default (Dagster's own automation sensor starts stopped): the eager condition above is
+# how the UI's budget statuses follow the landed events between landing runs.
+budgets_automation = AutomationConditionSensorDefinition(
+    "budgets_automation",
+    target=AssetSelection.groups("budgets"),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    emit_backfills=False,
+    description="Runs campaign_budgets when the landed events changed (eager).",
+)

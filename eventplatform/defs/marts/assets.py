@@ -16,7 +16,9 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSelection,
     AssetSpec,
+    AutomationCondition,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Definitions,
@@ -60,6 +62,15 @@ def marts_partitions(settings: Settings) -> DailyPartitionsDefinition:
     )
 
 
+def intraday_condition(settings: Settings) -> AutomationCondition:
+    """Today's partition, once per EP_MARTS_INTRADAY_CRON tick, after events landed since the
+    tick (on_cron waits for the lake only: the usage mart also reads dead letters, which may
+    never change in a tick). An idle platform rebuilds nothing."""
+    return AutomationCondition.on_cron(settings.marts.intraday_cron).allow(
+        AssetSelection.assets(LAKE)
+    )
+
+
 def _column_schema(columns: dict[str, str], types: dict[str, str] | None = None) -> TableSchema:
     return TableSchema(
         columns=[
@@ -88,8 +99,9 @@ def _state_specs(settings: Settings) -> list[AssetSpec]:
             kinds={"parquet"},
             deps=[LAKE]
             if name == DAILY_USERS
-            else [AssetDep(DAILY_USERS, partition_mapping=window)],
+            else [LAKE, AssetDep(DAILY_USERS, partition_mapping=window)],
             partitions_def=marts_partitions(settings),
+            automation_condition=intraday_condition(settings),  # built with today's marts
             metadata={"dagster/column_schema": _column_schema(STATE_COLUMNS[name], STATE_TYPES)},
         )
         for name in STATE_ASSETS
@@ -113,6 +125,7 @@ def _spec(settings: Settings, mart: Mart) -> AssetSpec:
             else [LAKE]
         ),
         partitions_def=marts_partitions(settings),
+        automation_condition=intraday_condition(settings),
         metadata={
             "dagster/column_schema": _column_schema(
                 mart.columns, {f.name: str(f.type) for f in schema}

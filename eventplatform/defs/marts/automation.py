@@ -1,5 +1,13 @@
-"""When the marts are built: two schedules (yesterday after the day closes, today often) and
-a sensor that rebuilds days whose landed files changed after they were built (late data).
+"""When the marts are built.
+
+- Today so far: declarative automation. Each mart's ``automation_condition`` (``on_cron`` on
+  EP_MARTS_INTRADAY_CRON, waiting for the lake to change since the tick) is evaluated by the
+  ``marts_automation`` sensor, which starts one run for all marts of the partition.
+- Yesterday, once the day closed: the schedule ``marts_daily``. It must run whether or not
+  anything landed after midnight, at a fixed time, with one run key per day: a schedule.
+- Late data: the sensor ``marts_late_data`` rebuilds built days whose landed files changed
+  (by fingerprint, in the late-arrival window). Dagster sees one unpartitioned lake asset,
+  so no automation condition can tell which past day a late file belongs to.
 
 Backfills: the UI's partition selection or ``eventplatform marts build --start --end``, or
 ``dagster asset materialize --select 'group:marts' --partition-range A...B`` (single run).
@@ -14,6 +22,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
@@ -36,11 +45,13 @@ from eventplatform.defs.resources import LakeResource
 from eventplatform.marts.activity import DAILY_USERS, USER_ACTIVITY
 from eventplatform.settings import Settings, get_settings
 
+MARTS_RUN_TAGS = {"eventplatform/marts": "build"}  # dagster.yaml: one such run at a time
+
 marts_job = define_asset_job(
     "marts_job",
     selection=AssetSelection.groups(GROUP),
     description="Builds the analytic marts for a day (or a range, in one run).",
-    tags={"eventplatform/marts": "build"},  # dagster.yaml: one such run at a time
+    tags=MARTS_RUN_TAGS,
 )
 
 
@@ -48,8 +59,21 @@ def _utc_day(context: ScheduleEvaluationContext) -> date:
     return context.scheduled_execution_time.astimezone(UTC).date()
 
 
+def marts_automation_sensor() -> AutomationConditionSensorDefinition:
+    """Evaluates the marts' automation conditions (today's partition, see the module)."""
+    return AutomationConditionSensorDefinition(
+        "marts_automation",
+        target=AssetSelection.groups(GROUP),
+        run_tags=MARTS_RUN_TAGS,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        emit_backfills=False,  # runs, one per partition: the multi-asset builds them together
+        description="Today's marts after each EP_MARTS_INTRADAY_CRON tick, once events landed.",
+    )
+
+
 def marts_schedules(settings: Settings) -> list[ScheduleDefinition]:
-    """`marts_daily` and `marts_intraday`, on the configured crons."""
+    """`marts_daily`, on the configured cron."""
 
     @schedule(
         job=marts_job,
@@ -62,17 +86,7 @@ def marts_schedules(settings: Settings) -> list[ScheduleDefinition]:
         day = (_utc_day(context) - timedelta(days=1)).isoformat()
         return RunRequest(run_key=f"marts-daily-{day}", partition_key=day)
 
-    @schedule(
-        job=marts_job,
-        cron_schedule=settings.marts.intraday_cron,
-        execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Today's marts so far (the intra-day partition), rebuilt often.",
-    )
-    def marts_intraday(context: ScheduleEvaluationContext):
-        return RunRequest(partition_key=_utc_day(context).isoformat())
-
-    return [marts_daily, marts_intraday]
+    return [marts_daily]
 
 
 def stale_partitions(
@@ -149,5 +163,8 @@ def defs() -> Definitions:
     return Definitions(
         jobs=[marts_job],
         schedules=marts_schedules(settings),
-        sensors=[marts_late_data_sensor(settings.marts.sensor_interval_s)],
+        sensors=[
+            marts_late_data_sensor(settings.marts.sensor_interval_s),
+            marts_automation_sensor(),
+        ],
     )
