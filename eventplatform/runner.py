@@ -1,9 +1,9 @@
 """`eventplatform run`: starts the whole platform on this machine and stops it on Ctrl-C.
 
 Order: broker (unless an external cluster is configured), topics, the collector, Dagster's
-PostgreSQL (only with EP_DAGSTER_STORAGE=postgres and no external server), then `dagster dev`
-and the demo as child processes. Whatever this command started, it stops: children first,
-then PostgreSQL, the broker last.
+PostgreSQL (only with EP_DAGSTER_STORAGE=postgres and no external server), then Dagster's
+webserver and daemon, and the demo as child processes. Whatever this command started, it
+stops: children first, then PostgreSQL, the broker last.
 
 The console carries the platform's own lines: where each part listens, the demo's progress,
 and what needs the user (a child's warnings and errors, a child that exits). Everything a
@@ -80,17 +80,12 @@ def platform_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-# Two notices Dagster 1.13 prints on every clean start that need nothing from the user,
-# filtered by their exact text (not by category) in `dagster dev` and its children:
-# - `dagster dev` is superseded by `dg dev` (dagster-dg-cli, not a dependency here); it is
-#   still 1.13's supported way to run the webserver and the daemon together;
-# - Dagster itself, binding Definitions-level resources to a sensor's job, re-creates the
-#   sensor passing `owners=None` as a keyword, which its beta-parameter check reports as if
-#   the sensor had owners (no sensor here sets any).
-DAGSTER_NOTICES = (
-    "ignore:Function `dev_command` is superseded:Warning",
-    "ignore:Parameter `owners` of initializer `SensorDefinition.__init__`:Warning",
-)
+# A notice Dagster 1.13 prints on every clean start that needs nothing from the user,
+# filtered by its exact text (not by category) in the webserver, the daemon and their
+# children: Dagster itself, binding Definitions-level resources to a sensor's job, re-creates
+# the sensor passing `owners=None` as a keyword, which its beta-parameter check reports as if
+# the sensor had owners (no sensor here sets any).
+DAGSTER_NOTICES = ("ignore:Parameter `owners` of initializer `SensorDefinition.__init__`:Warning",)
 
 # Dagster's "colored" log format; stripped, so the files read plainly and levels match.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -199,7 +194,7 @@ class Platform:
         with log_file.open("a", encoding="utf-8") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} eventplatform run: {name}\n")
         env = platform_env(self.settings)
-        if name == "dagster":
+        if name.startswith("dagster"):
             env["PYTHONWARNINGS"] = ",".join(
                 filter(None, [env.get("PYTHONWARNINGS", ""), *DAGSTER_NOTICES])
             )
@@ -230,28 +225,26 @@ class Platform:
         return service
 
     def start_dagster(self) -> None:
-        """`dagster dev` (webserver and daemon), run from DAGSTER_HOME: started from the
-        repository, it would see the repository's dagster.yaml (the template of the
-        instance's copy) and warn that it is not the one in use. Its two other start-up
-        notices are filtered (DAGSTER_NOTICES)."""
+        """The Dagster webserver and daemon as two processes on one instance, as a deployment
+        runs them (README, Deployment): not `dagster dev`, which 1.13 calls superseded by
+        `dg dev`. Run from DAGSTER_HOME: started from the repository, they would see the
+        repository's dagster.yaml (the template of the instance's copy) and warn that it is not
+        the one in use."""
         d = self.settings.dagster
-        service = self.spawn(
-            "dagster",
-            [
-                sys.executable,
-                "-m",
-                "dagster",
-                "dev",
-                "-w",
-                str(REPO_ROOT / "workspace.yaml"),
-                "-h",
-                d.host,
-                "-p",
-                str(d.port),
-            ],
-            cwd=prepare_dagster_home(self.settings),
+        home = prepare_dagster_home(self.settings)
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        bin_dir = Path(sys.executable).parent
+        daemon = self.spawn(
+            "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], cwd=home
         )
-        self.log(f"dagster: starting; its own logs go to {service.log_file}")
+        webserver = self.spawn(
+            "dagster",
+            [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", d.host, "-p", str(d.port)],
+            cwd=home,
+        )
+        self.log(
+            f"dagster: starting; its own logs go to {webserver.log_file} and {daemon.log_file}"
+        )
 
     def wait_for_dagster(self, wait_s: float = 180) -> bool:
         """Say where the UI is once it answers (not before, so the line is true)."""

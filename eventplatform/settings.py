@@ -9,6 +9,7 @@ existing Kafka installation's jars) and ``DAGSTER_HOME``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -557,6 +558,18 @@ def mask_secret(name: str, value: object) -> object:
     return value
 
 
-@functools.cache
+# The environment variables the settings read (every field's EP_* name and the well-known ones).
+_SETTINGS_ENV = ("EP_", "DAGSTER_HOME", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_HOME")
+
+
 def get_settings() -> Settings:
+    """The settings of the current environment, for composition roots (the CLI, the code
+    location's load). Built once per distinct environment: a process that changes an EP_*
+    variable (a test, a CLI flag) gets settings that say so, with no cache to clear."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_SETTINGS_ENV)))
+    return _settings_for(env)
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_for(env: tuple[tuple[str, str], ...]) -> Settings:
     return Settings()

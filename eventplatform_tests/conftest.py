@@ -90,9 +90,7 @@ def platform_env(
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
     yield get_settings()
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -112,6 +110,4 @@ def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settin
     """Settings with this test's own data folder and Dagster home (no Kafka needed)."""
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    get_settings.cache_clear()
     yield get_settings()
-    get_settings.cache_clear()

@@ -42,7 +42,7 @@ from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_producer
 from eventplatform.postgres import LocalPostgres, PostgresConfig, PostgresError
 from eventplatform.runner import instance_config, prepare_dagster_home
-from eventplatform.settings import REPO_ROOT, Settings, get_settings
+from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count
 
@@ -76,9 +76,7 @@ def own_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Non
     process, reads the cached settings: the cache is cleared for it, and after."""
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    get_settings.cache_clear()
     yield
-    get_settings.cache_clear()
 
 
 def test_the_instance_is_sqlite_by_default_and_postgres_with_one_setting(

@@ -63,7 +63,6 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
     broker.start()
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.config.bootstrap)
     monkeypatch.setenv("EP_LAND_RAW_SHARDS", "1")
-    get_settings.cache_clear()
     settings = get_settings()
     ensure_topics(make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka))
     key = CustomerStore(settings.customers_db).add("acme")

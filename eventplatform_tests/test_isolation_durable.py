@@ -47,7 +47,6 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path) -> It
 @pytest.fixture
 def outage_env(platform_env: Settings, own_broker: LocalBroker, monkeypatch) -> Settings:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", own_broker.config.bootstrap)
-    get_settings.cache_clear()
     settings = get_settings()
     ensure_topics(make_admin(settings.kafka.bootstrap), platform_topics(settings.kafka))
     return settings

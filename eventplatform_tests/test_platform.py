@@ -96,7 +96,6 @@ def running_platform(platform_env: Settings, monkeypatch, tmp_path: Path):
     monkeypatch.setenv("EP_COLLECTOR_ADMIN_PORT", str(free_port()))
     monkeypatch.setenv("EP_LAND_IDLE_STOP_S", "10")
     monkeypatch.setenv("EP_LAND_SENSOR_INTERVAL_S", "5")
-    get_settings.cache_clear()
     settings = get_settings()
     platform = Platform(settings, log=lambda line: None)
     try:
@@ -185,10 +184,13 @@ def test_simulated_traffic_lands_reconciles_and_shows_in_the_ui(
         chromium(f"{base}{path}", tmp_path / f"profile-{name}", f"--screenshot={shot}")
         assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page, not blank
 
-    # `dagster dev`'s output went to its file, without the start-up warnings it used to
-    # print (the superseded command, a dagster.yaml in its working directory, the sensors'
-    # `owners` beta notice): a clean start warns of nothing.
-    dagster_log = (log_dir(settings) / "dagster.log").read_text()
-    assert "Serving dagster-webserver" in dagster_log
-    for notice in ("is superseded", "will not be used", "Parameter `owners`"):
-        assert notice not in dagster_log, notice
+    # the webserver's and the daemon's output went to their files, without the start-up
+    # warnings `dagster dev` used to print (the superseded command, a dagster.yaml in its
+    # working directory, the sensors' `owners` beta notice): a clean start warns of nothing.
+    webserver_log = (log_dir(settings) / "dagster.log").read_text()
+    daemon_log = (log_dir(settings) / "dagster-daemon.log").read_text()
+    assert "Serving dagster-webserver" in webserver_log
+    assert "SensorDaemon" in daemon_log
+    for log in (webserver_log, daemon_log):
+        for notice in ("is superseded", "will not be used", "Parameter `owners`"):
+            assert notice not in log, notice

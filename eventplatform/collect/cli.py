@@ -96,7 +96,6 @@ def collect(
 
     if admin_port is not None:  # the app (in each worker) reads it from the settings
         os.environ["EP_COLLECTOR_ADMIN_PORT"] = str(admin_port)
-        get_settings.cache_clear()
     c = get_settings().collector
     uvicorn.run(
         "eventplatform.collect.app:create_app",
