@@ -206,7 +206,6 @@ def main() -> None:
         from eventplatform.marts.build import MartBuilder
         from eventplatform.settings import get_settings
 
-        get_settings.cache_clear()
         settings = get_settings()
         start = time.perf_counter()
         rows, size = generate(settings.lake_dir, args.events)
