@@ -8,8 +8,10 @@ same broker and the same machine, one after the other:
 
 - raw produce: confluent-kafka alone producing the collector's Avro bytes of the same events
   (same producer settings, no HTTP, no validation) to a separate topic, flush included;
-- intake: the collector's own pipeline in this process without HTTP (parse the JSON batch,
-  validate, encode, produce with delivery callbacks), flush included;
+- intake: the collector's own pipeline in this process without HTTP (the native fast path
+  parsing, validating and encoding the JSON batch, produce with delivery callbacks), flush
+  included; and the same with every event through the Python validator and codec (the
+  reference path, ``EP_COLLECTOR_NATIVE_INTAKE=false``);
 - HTTP: a load client keeping ``--connections`` keep-alive connections busy with POSTs of
   ``--batch`` valid mixed events for ``--seconds``; events/s accepted (202) and the request
   latency percentiles.
@@ -48,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, throwaway_broker
 
 from eventplatform.collect.customers import CustomerStore
-from eventplatform.collect.intake import Intake, parse_body, producer_limits
+from eventplatform.collect.intake import Intake, producer_limits
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
 from eventplatform.events import EventCodec, EventValidator
@@ -124,8 +126,11 @@ def raw_produce_rate(bootstrap: str, settings: Settings, values: list[bytes], to
     return total / (time.perf_counter() - start)
 
 
-def intake_rate(bootstrap: str, settings: Settings, body: bytes, requests: int) -> float:
-    """The collector's pipeline without HTTP: parse, validate, encode, produce; flush."""
+def intake_rate(
+    bootstrap: str, settings: Settings, body: bytes, requests: int, native: bool = True
+) -> float:
+    """The collector's pipeline without HTTP: read (the native fast path, or with
+    ``native=False`` the Python validator and codec for every event), produce; flush."""
     k = settings.kafka
     producer = collector_producer(bootstrap, settings)
     unlimited = float("inf")
@@ -138,13 +143,19 @@ def intake_rate(bootstrap: str, settings: Settings, body: bytes, requests: int) 
         Metrics(),
         BENCH_BUFFER_MESSAGES,
         max_buffered_bytes=BENCH_BUFFER_BYTES,
+        native=native,
     )
-    intake.accept("bench", parse_body(body, "application/json", 10_000), 0)  # connect first
+    limits = (1 << 30, 10_000, intake.max_event_bytes)
+
+    def read():
+        return intake.read("bench", body, False, "application/json", *limits)
+
+    intake.accept("bench", read(), 0)  # connect first
     producer.flush(30)
     start, accepted = time.perf_counter(), 0
     for i in range(requests):
-        pairs = parse_body(body, "application/json", 10_000)
-        accepted += intake.accept("bench", pairs, len(pairs)).accepted
+        batch = read()
+        accepted += intake.accept("bench", batch, len(batch)).accepted
         if i % 10 == 0:
             producer.poll(0)
     assert producer.flush(60) == 0 and intake.delivery_failures == 0
@@ -367,7 +378,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}/v1/events"
-        raw_rates, intake_rates, http_runs = [], [], []
+        raw_rates, intake_rates, python_rates, http_runs = [], [], [], []
         warm_accepted = 0
         try:
             with httpx.Client(timeout=60) as http:
@@ -385,6 +396,7 @@ def main() -> None:
             for run in range(1, args.runs + 1):
                 raw_rates.append(raw_produce_rate(bootstrap, settings, encoded, 200_000))
                 intake_rates.append(intake_rate(bootstrap, settings, body, 1000))
+                python_rates.append(intake_rate(bootstrap, settings, body, 300, native=False))
                 cpu_before, loops_before = collector_times(server.pid)
                 load = (
                     wrk_run(url, key, body, args.batch, args.connections, args.seconds)
@@ -399,7 +411,8 @@ def main() -> None:
                 http_runs.append(load)
                 print(
                     f"run {run}: raw produce {raw_rates[-1]:,.0f}/s, intake {intake_rates[-1]:,.0f}"
-                    f"/s, HTTP {load.events_per_s:,.0f} events/s accepted ({load.requests} x "
+                    f"/s (Python path {python_rates[-1]:,.0f}/s), HTTP "
+                    f"{load.events_per_s:,.0f} events/s accepted ({load.requests} x "
                     f"{args.batch} in {load.seconds:.1f}s, {load.failed} failed), "
                     f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
                     f"collector CPU {load.cpu_us_per_event:.1f} us/event, event loop waiting "
@@ -426,6 +439,10 @@ def main() -> None:
     wait = median([r.loop_wait for r in http_runs])
     print(f"event loop runnable, off CPU:       {wait:.0%} of the time (median)")
     print(f"intake without HTTP (median):      {intake:,.0f} events/s (one thread)")
+    print(
+        f"  the same, Python path (median):   {median(python_rates):,.0f} events/s "
+        "(every event through the Python validator and codec: the reference)"
+    )
     print(f"raw confluent-kafka produce:        {raw:,.0f} events/s (same Avro bytes)")
     print(f"ratio HTTP / raw produce:           {http / raw:.2f}")
     print(f"ratio HTTP / intake:                {http / intake:.2f}")

@@ -235,6 +235,7 @@ def _register_domain_commands() -> None:
     """Each domain keeps its commands beside its code."""
     from eventplatform.budgets.cli import campaigns
     from eventplatform.collect.cli import collect, customers, ingest
+    from eventplatform.enrich.cli import enrichment
     from eventplatform.land.cli import land_command
     from eventplatform.marts.cli import marts_group, sql_command
     from eventplatform.simulate.cli import demo_setup_command, simulate_command
@@ -247,6 +248,7 @@ def _register_domain_commands() -> None:
         land_command,
         simulate_command,
         demo_setup_command,
+        enrichment,
     ):
         main.add_command(command)
     main.add_command(ingest, name="replay")  # the same command by the name operators use

@@ -203,6 +203,12 @@ class CollectorSettings(BaseSettings):
         "good, under failed/). Default: <data_dir>/collector-journal.",
     )
     retry_after_s: int = 2
+    native_intake: bool = Field(
+        default=True,
+        description="Validate and encode the usual body's good events in native code (one "
+        "pass, JSON to Avro); every other event, and every error, is the Python validator's. "
+        "false: every event takes the Python path (the reference).",
+    )
     key_cache_s: float = Field(default=5.0, description="How soon a revoked key stops working.")
     access_log: bool = False
     # Tenant isolation at intake (issue 13): what one customer can take of the collector.
@@ -368,6 +374,10 @@ class QualitySettings(BaseSettings):
     hot_record_fair_factor: float = 2.0  # a key above this x its fair share (1/keys)
     hot_customer_growth: float = 1.5  # a customer above this x its usual share
     hot_min_events: int = 1000
+    bot_share_max: float = Field(
+        default=0.3, description="A customer's share of events flagged is_bot above this warns."
+    )
+    bot_min_events: int = 500  # events in the window before a customer's bot share counts
     lag_max_messages: int = 100_000
     lag_growing_minutes: float = 15.0
     overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -380,6 +390,37 @@ class QualitySettings(BaseSettings):
 
     def for_customer(self, customer_id: str, name: str) -> float:
         return self.overrides.get(customer_id, {}).get(name, getattr(self, name))
+
+
+class EnrichSettings(BaseSettings):
+    """Enrichment in the landing batch (docs/enrichment.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="EP_ENRICH_", extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description="false: only the IP anonymisation runs (raw IPs never land unless a "
+        "customer says keep); the other enriched columns are null. For measurements.",
+    )
+    reporting_currency: str = Field(
+        default="USD", description="amount, cost and revenue are also given in this currency."
+    )
+    rates_dir: Path | None = Field(
+        default=None, description="Loaded exchange-rate tables. Default: <data_dir>/reference/fx"
+    )
+    change_delay_s: float = Field(
+        default=60.0,
+        description="A customer's setting or a rates load applies to events received this "
+        "long after it is made, so a replayed batch gives the same rows.",
+    )
+    ua_cache_size: int = Field(
+        default=100_000, description="Distinct user agents a landing run remembers parsed."
+    )
+    ua_parse_budget: int = Field(
+        default=20_000,
+        description="Distinct user agents parsed per batch at most (the most frequent first); "
+        "the rest of a flood of distinct strings get nulls, counted.",
+    )
 
 
 class MartSettings(BaseSettings):
@@ -423,6 +464,10 @@ class MartSettings(BaseSettings):
     lock_timeout_s: float = Field(
         default=120.0, description="How long a build waits for the warehouse file's lock."
     )
+    include_bots: bool = Field(
+        default=False,
+        description="Marts count events flagged is_bot (enrichment) too; by default they do not.",
+    )
 
     @property
     def funnel(self) -> list[str]:
@@ -446,6 +491,7 @@ class Settings:
         self.land = LandSettings()
         self.quality = QualitySettings()
         self.marts = MartSettings()
+        self.enrich = EnrichSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -488,6 +534,10 @@ class Settings:
         return self.data_dir / "customers.sqlite"
 
     @property
+    def rates_dir(self) -> Path:
+        return self.enrich.rates_dir or self.data_dir / "reference" / "fx"
+
+    @property
     def alert_log_file(self) -> Path:
         return self.quality.alert_log_file or self.data_dir / "alerts.log"
 
@@ -516,6 +566,7 @@ class Settings:
             "land",
             "quality",
             "marts",
+            "enrich",
         ):
             for key, value in getattr(self, section).model_dump().items():
                 out[f"{section}.{key}"] = str(value) if isinstance(value, Path) else value

@@ -9,6 +9,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.events import EventValidator
 from eventplatform.events.arrow import events_to_arrow
 from eventplatform.events.examples import example_event
+from eventplatform.land.spend import record_spend
 
 _validator = EventValidator()
 
@@ -36,10 +37,12 @@ def decoded_event(
 def land_rows(
     clickhouse: ClickHouse, events: list[dict], token: str, landed: datetime | None = None
 ) -> None:
-    """Insert events the way the landing job does: one Arrow batch, one dedup token."""
+    """Insert events the way the landing job does: one Arrow batch, one dedup token, and
+    its spend recorded in the same session (``land/spend.py``)."""
     landed_ms = int(landed.timestamp() * 1000) if landed else 0
     table = events_to_arrow(events, "events.raw", 0, list(range(len(events))), landed_ms)
     with clickhouse.session() as client:
         client.insert_arrow(
             f"{clickhouse.database}.events", table, settings={"insert_deduplication_token": token}
         )
+        record_spend(client, clickhouse.database, table, token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -157,10 +158,17 @@ SENDERS = [(c, i) for c in CUSTOMERS for i in IDS]
 
 
 @pytest.fixture(scope="module")
-def fuzz_clickhouse(tmp_path_factory: pytest.TempPathFactory) -> ClickHouse:
+def fuzz_engine(tmp_path_factory: pytest.TempPathFactory) -> ClickHouse:
     ch = ClickHouse(f"chdb://{tmp_path_factory.mktemp('fuzz')}/ch", "ep_fuzz")
     ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
     return ch
+
+
+@pytest.fixture
+def fuzz_clickhouse(fuzz_engine: ClickHouse) -> Iterator[ClickHouse]:
+    """The engine held open for the test's examples (each step's session nests in this one)."""
+    with fuzz_engine.session():
+        yield fuzz_engine
 
 
 @hsettings(
@@ -184,8 +192,8 @@ def test_spend_is_exactly_the_owners_distinct_events(
     distinct cost event is in the foreign figure of its sender."""
     ch = fuzz_clickhouse
     with ch.session() as client:
-        client.command("TRUNCATE TABLE ep_fuzz.events")
-        client.command("TRUNCATE TABLE ep_fuzz.campaigns")
+        for table in ("events", "campaigns", "spend", "spend_seen"):
+            client.command(f"TRUNCATE TABLE ep_fuzz.{table}")
     rows = "".join(
         f"x,cmp-{k},1000,1000,USD,2026-01-01,2026-12-31,UTC,{owner}\n"
         for k, owner in enumerate(owners)

@@ -16,7 +16,7 @@ import pytest
 from eventplatform.settings import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "eventplatform"
-DOMAIN = ["events", "kafka", "collect", "land", "budgets", "quality", "marts", "simulate"]
+DOMAIN = ["events", "kafka", "collect", "enrich", "land", "budgets", "quality", "marts", "simulate"]
 BOTTOM = ["events", "kafka"]
 ABOVE_BOTTOM = [p for p in DOMAIN if p not in BOTTOM]
 

@@ -26,6 +26,7 @@ MART_NAMES = [
     "product_funnel_daily",
     "product_retention_weekly",
     "publisher_revenue_daily",
+    "sessions_daily",
 ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from dagster import (
     AssetKey,
     AssetMaterialization,
@@ -28,6 +29,7 @@ from dagster import (
     materialize,
 )
 
+from eventplatform.cli import main as cli_main
 from eventplatform.defs.marts.assets import FINGERPRINTS, LAKE, marts_asset
 from eventplatform.defs.marts.automation import (
     marts_automation_sensor,
@@ -253,8 +255,12 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
         "SELECT event_date, sum(impressions) AS impressions, sum(cost) AS cost "
         "FROM campaign_performance_daily GROUP BY ALL ORDER BY event_date"
     )
-    table = run_cli("sql", query, env=env)
-    assert table.returncode == 0, table.stderr
+
+    def sql(*args: str):  # `eventplatform sql`, in this process (the build above is the CLI's)
+        return CliRunner().invoke(cli_main, ["sql", *args], env=env, catch_exceptions=False)
+
+    table = sql(query)
+    assert table.exit_code == 0, table.output
     assert table.stdout.splitlines() == [
         "event_date | impressions | cost",
         "-----------+-------------+-----",
@@ -262,20 +268,18 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
         "2026-11-17 |           1 | 0.25",
         "(2 rows)",
     ]
-    on_clickhouse = run_cli("sql", "--clickhouse", "--format", "csv", query, env=env)
-    assert on_clickhouse.returncode == 0, on_clickhouse.stderr
+    on_clickhouse = sql("--clickhouse", "--format", "csv", query)
+    assert on_clickhouse.exit_code == 0, on_clickhouse.output
     assert on_clickhouse.stdout.splitlines() == [
         "event_date,impressions,cost",
         "2026-11-16,6,4.5",
         "2026-11-17,1,0.25",
     ]
     out = tmp_path / "usage.parquet"
-    exported = run_cli(
-        "sql", "--format", "parquet", "-o", str(out), "SELECT * FROM customer_usage_daily", env=env
-    )
-    assert exported.returncode == 0 and pq.read_table(out).num_rows == 12
-    bad = run_cli("sql", "SELECT nope FROM campaign_performance_daily", env=env)
-    assert bad.returncode == 1 and "nope" in bad.stderr
+    exported = sql("--format", "parquet", "-o", str(out), "SELECT * FROM customer_usage_daily")
+    assert exported.exit_code == 0 and pq.read_table(out).num_rows == 12
+    bad = sql("SELECT nope FROM campaign_performance_daily")
+    assert bad.exit_code == 1 and "nope" in bad.stderr
 
 
 def test_dagster_cli_materializes_a_partition_range_in_one_run(

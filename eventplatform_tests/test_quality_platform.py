@@ -76,6 +76,7 @@ def test_quality_job_runs_every_check_and_alerts_on_failures(
         "click_fraud",
         "foreign_campaign",
         "hot_keys",
+        "bot_share",
         "dlq_rate",
         "schema_drift",
         "consumer_lag_check",

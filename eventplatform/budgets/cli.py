@@ -99,6 +99,28 @@ def status() -> None:
         )
 
 
+@campaigns.command("verify-spend")
+def verify_spend() -> None:
+    """Reconcile the incremental spend with a full recompute from every landed cost event
+    (the cost grows with history: a check to run now and then, not on every refresh). Exit 1
+    naming each campaign whose totals differ."""
+    from datetime import UTC, datetime
+
+    from eventplatform.budgets.spend import spend_drift
+
+    clickhouse = platform_clickhouse(get_settings())
+    drift = spend_drift(clickhouse, datetime.now(UTC))
+    for campaign_id, rolled, full in drift:
+        click.secho(
+            f"{campaign_id}: incremental spend {rolled:.6f}, full recompute {full:.6f}",
+            fg="red",
+            err=True,
+        )
+    if drift:
+        sys.exit(1)
+    click.echo("spend: the incremental totals equal the full recompute for every campaign")
+
+
 @campaigns.command("watch")
 @click.option(
     "--from-beginning/--new-only",

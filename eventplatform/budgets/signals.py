@@ -82,9 +82,10 @@ class BudgetController:
     def refresh(self, now: datetime | None = None) -> tuple[list[CampaignState], list[dict]]:
         """Statuses now, and the signals sent (only changes; an active new campaign: none)."""
         now = now or datetime.now(UTC)
-        states = campaign_states(
-            read_campaigns(self.clickhouse), read_spend(self.clickhouse, now), now
-        )
+        with self.clickhouse.session() as client:  # one engine open (embedded) for both
+            campaigns = read_campaigns(self.clickhouse, client)
+            spend = read_spend(self.clickhouse, now, client)
+        states = campaign_states(campaigns, spend, now)
         last = self._last_signals()
         signals = []
         for state in states:

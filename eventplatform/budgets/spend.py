@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from clickhouse_connect.driver.client import Client
+
 from eventplatform.budgets.campaigns import Campaign
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.land.spend import first_landed_cost_events, is_backfilled
 
-COST_EVENTS = ("impression", "ad_click", "conversion")
 ACTIVE, PAUSED_DAILY, EXHAUSTED, ENDED, SCHEDULED = (
     "active",
     "paused_daily",
@@ -46,20 +48,36 @@ class CampaignSpend:
 NO_SPEND = CampaignSpend(0.0, ())
 
 
-def deduplicated_cost_events(db: str, where: str = "") -> str:
-    """One row per (customer_id, event_id) among the cost events: the first landed copy (by
-    landed_ts; copies landed together are one batch replayed, so alike)."""
-    return (
-        "SELECT customer_id, event_id, "
-        "assumeNotNull(argMin(campaign_id, landed_ts)) AS named_campaign, "
-        "argMin(cost, landed_ts) AS event_cost, argMin(event_ts, landed_ts) AS event_time "
-        f"FROM {db}.events WHERE event_type IN {COST_EVENTS} AND cost > 0 "
-        f"AND campaign_id IS NOT NULL {where} GROUP BY customer_id, event_id"
-    )
+def read_spend(
+    clickhouse: ClickHouse, now: datetime, client: Client | None = None
+) -> dict[str, CampaignSpend]:
+    """Spend per campaign id, counting only the events of the campaign's owner, from the
+    incremental rollup (``land/spend.py``): a few rows per campaign, whatever the history."""
+    db = clickhouse.database
+    owned = f"(customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
+    recent = now - timedelta(hours=50)  # covers "today" in every time zone
+    with clickhouse.reusing(client) as client:
+        if not is_backfilled(client, db):
+            # Landed before the rollup existed: the first landing batch backfills it (under
+            # the landing's serialization); until then, the recompute is the answer.
+            return recompute_spend(clickhouse, now, client)
+        totals = client.query(
+            f"SELECT campaign_id, sum(cost) FROM {db}.spend WHERE kind = 'total' AND {owned} "
+            "GROUP BY campaign_id"
+        ).result_rows
+        buckets = client.query(
+            f"SELECT campaign_id, bucket, sum(cost) FROM {db}.spend WHERE kind = 'bucket' "
+            f"AND bucket >= %(recent)s AND {owned} GROUP BY campaign_id, bucket",
+            parameters={"recent": _bucket_floor(recent).replace(tzinfo=None)},
+        ).result_rows
+    return _spend_by_campaign(totals, buckets)
 
 
-def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
-    """Spend per campaign id, counting only the events of the campaign's owner."""
+def recompute_spend(
+    clickhouse: ClickHouse, now: datetime, client: Client | None = None
+) -> dict[str, CampaignSpend]:
+    """The same as ``read_spend``, recomputed from every landed cost event: the reference
+    that the rollup must equal (tests, ``spend_drift``), and the cost it saves."""
     db = clickhouse.database
     # A filter, not a join: the owned (customer, campaign) pairs are a small set, and the
     # rows outside it are dropped before grouping (a join after it took 4x as long).
@@ -68,23 +86,49 @@ def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend
     )
     deduplicated = (
         "SELECT named_campaign AS campaign_id, event_cost, event_time "
-        f"FROM ({deduplicated_cost_events(db, owned)})"
+        f"FROM ({first_landed_cost_events(db, owned)})"
     )
-    recent = now - timedelta(hours=50)  # covers "today" in every time zone
-    with clickhouse.session() as client:
+    recent = now - timedelta(hours=50)
+    with clickhouse.reusing(client) as client:
         totals = client.query(
             f"SELECT campaign_id, sum(event_cost) FROM ({deduplicated}) GROUP BY campaign_id"
         ).result_rows
         buckets = client.query(
             f"SELECT campaign_id, toStartOfFifteenMinutes(event_time) AS bucket, sum(event_cost) "
             f"FROM ({deduplicated}) WHERE event_time >= %(recent)s GROUP BY campaign_id, bucket",
-            parameters={"recent": recent.replace(tzinfo=None)},
+            parameters={"recent": _bucket_floor(recent).replace(tzinfo=None)},
         ).result_rows
+    return _spend_by_campaign(totals, buckets)
+
+
+def spend_drift(
+    clickhouse: ClickHouse, now: datetime, tolerance: float = 1e-6
+) -> list[tuple[str, float, float]]:
+    """Campaigns whose rolled-up total differs from the full recompute: (id, rollup,
+    recompute). Empty when the rollup is right (sums of floats in another order may differ
+    in the last digits: ``tolerance`` is relative)."""
+    rolled, full = read_spend(clickhouse, now), recompute_spend(clickhouse, now)
+    drift = []
+    for cid in sorted(set(rolled) | set(full)):
+        a, b = rolled.get(cid, NO_SPEND).total, full.get(cid, NO_SPEND).total
+        if abs(a - b) > tolerance * max(1.0, abs(b)):
+            drift.append((cid, a, b))
+    return drift
+
+
+def _bucket_floor(ts: datetime) -> datetime:
+    """The start of ts's 15-minute bucket (so both reads keep the same buckets)."""
+    return ts.replace(minute=ts.minute - ts.minute % 15, second=0, microsecond=0)
+
+
+def _spend_by_campaign(totals: list, buckets: list) -> dict[str, CampaignSpend]:
     by_campaign: dict[str, list[tuple[datetime, float]]] = {}
     for campaign_id, bucket, cost in buckets:
         bucket = bucket.replace(tzinfo=UTC) if bucket.tzinfo is None else bucket
         by_campaign.setdefault(campaign_id, []).append((bucket, cost))
-    return {cid: CampaignSpend(total, tuple(by_campaign.get(cid, ()))) for cid, total in totals}
+    return {
+        cid: CampaignSpend(total, tuple(sorted(by_campaign.get(cid, ())))) for cid, total in totals
+    }
 
 
 @dataclass(frozen=True)
@@ -109,7 +153,7 @@ def foreign_cost_events(
     sql = (
         "SELECT d.customer_id, count(), sum(d.event_cost), countIf(c.owner != ''), "
         "countIf(c.owner = ''), groupUniqArray(10)(d.named_campaign) "
-        f"FROM ({deduplicated_cost_events(db, window)}) AS d "
+        f"FROM ({first_landed_cost_events(db, window)}) AS d "
         f"LEFT JOIN (SELECT campaign_id, owner FROM {db}.campaigns FINAL) AS c "
         "ON c.campaign_id = d.named_campaign "
         "WHERE c.owner != d.customer_id GROUP BY d.customer_id ORDER BY d.customer_id"

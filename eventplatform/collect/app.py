@@ -36,7 +36,6 @@ from eventplatform.collect.intake import (
     IntakeResult,
     TooLarge,
     producer_limits,
-    read_body,
 )
 from eventplatform.collect.journal import DeliveryJournal, producer_settings
 from eventplatform.collect.metrics import Metrics
@@ -153,6 +152,7 @@ class Collector:
             policy=settings.event_policy,
             max_event_bytes=c.max_event_bytes,
             dlq_max_value_bytes=c.dlq_max_value_bytes,
+            native=c.native_intake,
         )
         self.authenticate = CachedAuthenticator(
             CustomerStore(settings.customers_db),
@@ -356,9 +356,11 @@ async def _work(
     read = (c.max_decompressed_bytes, c.max_events_per_request, c.max_event_bytes)
     try:
         if inline:
-            pairs = read_body(body, gzip, content_type, *read)
+            pairs = collector.intake.read(customer, body, gzip, content_type, *read)
         else:
-            pairs = await run_in_threadpool(read_body, body, gzip, content_type, *read)
+            pairs = await run_in_threadpool(
+                collector.intake.read, customer, body, gzip, content_type, *read
+            )
         del body
     except TooLarge as exc:
         return _error(413, f"{exc}; nothing was accepted")

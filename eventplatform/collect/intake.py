@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventplatform.collect.metrics import Metrics
 from eventplatform.collect.quotas import Quotas
@@ -34,6 +34,7 @@ from eventplatform.events import (
     EventValidator,
     dead_letter_reason,
 )
+from eventplatform.events.native import Encoded, native_encoder
 from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES, DeadLetter
 
 log = logging.getLogger(__name__)
@@ -246,16 +247,18 @@ def parse_body(
         if len(pairs) == max_events:
             raise TooLarge(f"more than {max_events} events in one request")
         line = match.group().rstrip()
-        if len(line) > max_event_bytes:
-            pairs.append(
-                (_NotJson(f"{len(line)} bytes; the limit is {max_event_bytes}", "too large"), line)
-            )
-            continue
-        try:
-            pairs.append((orjson.loads(line), line))
-        except orjson.JSONDecodeError as exc:
-            pairs.append((_NotJson(str(exc)), line))
+        pairs.append((parse_line(line, max_event_bytes), line))
     return pairs
+
+
+def parse_line(line: bytes, max_event_bytes: int) -> Any:
+    """One NDJSON line's event, or what is wrong with it (an event that fails)."""
+    if len(line) > max_event_bytes:
+        return _NotJson(f"{len(line)} bytes; the limit is {max_event_bytes}", "too large")
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return _NotJson(str(exc))
 
 
 def read_body(
@@ -271,6 +274,32 @@ def read_body(
     if gzip:
         body = inflate(body, max_decompressed, content_type, max_events)
     return parse_body(body, content_type, max_events, max_event_bytes)
+
+
+class _Produced(Exception):
+    """A batch the producer refused in part: the bytes it took, and the refusal."""
+
+    def __init__(self, size: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.size, self.error = size, error
+
+
+# A body's events: (event, bytes as sent) pairs for the Python path, or natively encoded.
+Batch = list[tuple[Any, bytes | None]] | Encoded
+# Stands for an event the native path took, among the pairs of the events Python checks.
+_ENCODED = object()
+
+
+@dataclass
+class Prepared:
+    """A batch ready to produce: good messages (``{"value", "key"}``) for raw and for
+    overflow, dead letters as (value, headers), their bytes, and the answer's figures."""
+
+    raw: list[dict[str, Any]]
+    overflow: list[dict[str, Any]]
+    dead: list[tuple[bytes, Any]]
+    size: int
+    result: IntakeResult
 
 
 @dataclass(frozen=True)
@@ -294,6 +323,7 @@ class Intake:
         policy: EventPolicy | None = None,
         max_event_bytes: int = 900_000,
         dlq_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        native: bool = True,
     ) -> None:
         """``max_buffered`` messages and ``max_buffered_bytes`` of message values may wait
         for the broker; the producer's own limits must sit above these (see
@@ -305,6 +335,8 @@ class Intake:
         self.source = source
         self.max_event_bytes, self.dlq_max_value_bytes = max_event_bytes, dlq_max_value_bytes
         self.codec, self.validator = EventCodec(), EventValidator(policy=policy)
+        # The fast path (native, one pass from JSON to Avro); None: every event in Python.
+        self.native = native_encoder(self.validator, self.codec) if native else None
         self.delivery_failures = 0
         # Who keeps a message that was not delivered (the collector's journal): it produces
         # it again (True) or keeps it on disk (False), and counts and logs that itself.
@@ -349,25 +381,74 @@ class Intake:
         except DecodeError:
             return "a message that does not decode"
 
-    def accept(
+    def read(
         self,
         customer: str,
-        pairs: list[tuple[Any, bytes | None]],
-        quota_checked: int,
-        wait: bool = False,
-        wait_for_room_s: float = 0.0,
-    ) -> IntakeResult:
-        """Validate and produce ``pairs``; the first ``quota_checked`` go to raw, others to
-        overflow. All of them are produced, or (BufferFull) none: a client told 503 retries
-        the whole batch, and must not find part of it already on its way. Waits up to
-        ``wait_for_room_s`` for room (a replay waits; an HTTP request answers 503 at once)."""
-        if not wait_for_room_s and not self._fits(len(pairs), 0):  # before any work
-            raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
-        received_ms = int(time.time() * 1000)
+        body: bytes,
+        gzip: bool,
+        content_type: str,
+        max_decompressed: int,
+        max_events: int,
+        max_event_bytes: int,
+        received_ms: int | None = None,
+    ) -> Batch:
+        """A request body as sent into its events, every limit enforced as early as it can be
+        (``read_body``); the usual body's good events already validated and encoded by the
+        native fast path (``Encoded``), with ``received_ts`` stamped now (or
+        ``received_ms``)."""
+        if gzip:
+            body = inflate(body, max_decompressed, content_type, max_events)
+        # (one limit for a line as sent and an event encoded: the collector's, the same)
+        native = self.native is not None and max_event_bytes == self.max_event_bytes
+        if native and body and not body.isspace():
+            assert self.native is not None
+            encoded = self.native.encode(
+                body,
+                is_ndjson(body, content_type),
+                customer,
+                int(time.time() * 1000) if received_ms is None else received_ms,
+                self.source,
+                max_events,
+                max_event_bytes,
+            )
+            if encoded is not None:
+                return encoded
+        return parse_body(body, content_type, max_events, max_event_bytes)
+
+    def prepare(
+        self, customer: str, batch: Batch, quota_checked: int, received_ms: int | None = None
+    ) -> Prepared:
+        """Each event of ``batch`` validated and encoded, or its dead letter: the first
+        ``quota_checked`` good ones for raw, the others for overflow. Events the native path
+        took come encoded (stamped when read); the rest go through the Python validator and
+        codec here, stamped ``received_ms`` (default now)."""
+        if isinstance(batch, Encoded):
+            received_ms = batch.received_ms
+            if not batch.python:  # the usual batch: every event good, nothing to do here
+                good, quota = batch.messages, quota_checked
+                result = IntakeResult(event_ids=batch.event_ids)
+                result.accepted = min(quota, len(good))
+                result.overflowed = len(good) - result.accepted
+                return Prepared(good[:quota], good[quota:], [], batch.size, result)
+            pairs = self._python_events(batch)
+        else:
+            received_ms = int(time.time() * 1000) if received_ms is None else received_ms
+            pairs = batch
         result = IntakeResult()
-        messages: list[tuple[str, bytes, Any]] = []  # (topic, value, headers)
-        good_index = 0
+        key = customer.encode()
+        good: list[dict[str, bytes]] = []
+        dead: list[tuple[bytes, Any]] = []  # (value, headers) of the dead letters
+        size = 0
+        native = iter(
+            zip(batch.messages, batch.event_ids, strict=True) if isinstance(batch, Encoded) else ()
+        )
         for index, (event, raw_bytes) in enumerate(pairs):
+            if event is _ENCODED:  # taken by the native path: its message, in order
+                message, event_id = next(native)
+                good.append(message)
+                size += len(message["value"])
+                result.event_ids.append(event_id)
+                continue
             if isinstance(event, _NotJson):
                 errors = [f"$: {event.what} ({event.error})"]
                 datum, reason = None, "validation"
@@ -396,41 +477,67 @@ class Intake:
                     customer_id=customer,
                     dead_ts=received_ms,
                 ).truncate(self.dlq_max_value_bytes)
-                messages.append((self.dlq_topic, letter.value, letter.headers()))
+                dead.append((letter.value, letter.headers()))
+                size += len(letter.value)
                 continue
-            topic = self.raw_topic if good_index < quota_checked else self.overflow_topic
-            good_index += 1
-            if topic == self.raw_topic:
-                result.accepted += 1
-            else:
-                result.overflowed += 1
+            good.append({"value": value, "key": key})
+            size += len(value)
             result.event_ids.append(datum["event_id"])
-            messages.append((topic, value, None))
+        result.accepted = min(quota_checked, len(good))
+        result.overflowed = len(good) - result.accepted
+        return Prepared(good[:quota_checked], good[quota_checked:], dead, size, result)
 
-        waiter = DeliveryWaiter(len(messages)) if wait else None
+    def _python_events(self, batch: Encoded) -> list[tuple[Any, bytes | None]]:
+        """(event, bytes) pairs of a natively read batch: ``_ENCODED`` for the events it
+        took, the parsed event for the others (an NDJSON line exactly as ``parse_body``
+        reads it; an array's element as orjson reads it within the array)."""
+        pairs: list[tuple[Any, bytes | None]] = [(_ENCODED, None)] * batch.count
+        for index, raw in batch.python:
+            if batch.ndjson:
+                pairs[index] = (parse_line(raw, batch.max_event_bytes), raw)
+            else:
+                pairs[index] = (orjson.loads(raw), None)
+        return pairs
+
+    def accept(
+        self,
+        customer: str,
+        batch: Batch,
+        quota_checked: int,
+        wait: bool = False,
+        wait_for_room_s: float = 0.0,
+    ) -> IntakeResult:
+        """Validate and produce ``batch``; the first ``quota_checked`` go to raw, others to
+        overflow. All of them are produced, or (BufferFull) none: a client told 503 retries
+        the whole batch, and must not find part of it already on its way. Waits up to
+        ``wait_for_room_s`` for room (a replay waits; an HTTP request answers 503 at once)."""
+        if not wait_for_room_s and not self._fits(len(batch), 0):  # before any work
+            raise BufferFull(f"{len(self.producer)} messages waiting for the broker")
+        prepared = self.prepare(customer, batch, quota_checked)
+        result = prepared.result
+        count = len(prepared.raw) + len(prepared.overflow) + len(prepared.dead)
+        waiter = DeliveryWaiter(count) if wait else None
         callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
-        key = customer.encode()
-        produce = self.producer.produce
-        size = sum(len(value) for _, value, _ in messages)
         with self._room:
-            self._take_room(len(messages), size, wait_for_room_s)
+            self._take_room(count, prepared.size, wait_for_room_s)
             with self._bytes_lock:
-                self.buffered_bytes += size
-            produced = 0
+                self.buffered_bytes += prepared.size
+            unproduced = prepared.size
             try:
-                for topic, value, headers in messages:
-                    while True:
-                        try:
-                            produce(
-                                topic, key=key, value=value, headers=headers, on_delivery=callback
-                            )
-                            break
-                        except BufferError:  # not with our limits under the producer's
-                            log.warning("producer refused a message within the checked room")
-                            self.producer.poll(0.05)
-                    produced += 1
+                for topic, messages in (
+                    (self.raw_topic, prepared.raw),
+                    (self.overflow_topic, prepared.overflow),
+                ):
+                    if messages:
+                        unproduced -= self._produce_batch(topic, messages, callback)
+                key = customer.encode()
+                for value, headers in prepared.dead:
+                    self._produce_one(self.dlq_topic, key, value, headers, callback)
+                    unproduced -= len(value)
+            except _Produced as partly:  # its refused part was given back already
+                unproduced -= sum(len(m["value"]) for m in messages)
+                raise partly.error from None
             finally:  # room taken for messages never produced is given back (no leak to 503)
-                unproduced = sum(len(value) for _, value, _ in messages[produced:])
                 if unproduced:
                     with self._bytes_lock:
                         self.buffered_bytes -= unproduced
@@ -440,6 +547,41 @@ class Intake:
         self.metrics.inc("collector_events_rejected_total", len(result.rejected), customer=customer)
         result.delivery = waiter
         return result
+
+    def _produce_batch(self, topic: str, messages: list[dict[str, Any]], callback) -> int:
+        """``messages`` to ``topic`` in one call (the key's partition, as ``produce`` picks
+        it); one the producer refused for room is produced alone, as ``_produce_one`` does.
+        Returns the bytes produced; on another refusal, raises with the bytes not produced
+        given back first (the room of the ones produced stays taken until delivered)."""
+        size = sum(len(m["value"]) for m in messages)
+        if self.producer.produce_batch(topic, messages, on_delivery=callback) == len(messages):
+            return size
+        failed = None
+        for message in messages:
+            error = message.pop("_error", None)
+            if error is None:
+                continue
+            if error.code() == KafkaError._QUEUE_FULL and failed is None:
+                self._produce_one(topic, message["key"], message["value"], None, callback)
+                continue
+            failed = failed or error
+            size -= len(message["value"])
+        if failed is not None:
+            with self._bytes_lock:
+                self.buffered_bytes -= sum(len(m["value"]) for m in messages) - size
+            raise _Produced(size, KafkaException(failed))
+        return size
+
+    def _produce_one(self, topic: str, key: bytes, value: bytes, headers: Any, callback) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=callback
+                )
+                return
+            except BufferError:  # not with our limits under the producer's
+                log.warning("producer refused a message within the checked room")
+                self.producer.poll(0.05)
 
     def _take_room(self, messages: int, size: int, wait_s: float) -> None:
         """Return once ``messages`` of ``size`` bytes fit in the buffer; BufferFull if they do

@@ -33,6 +33,40 @@ KAFKA_FIELDS = [
     pa.field("kafka_offset", pa.int64(), nullable=False),
     pa.field("landed_ts", TIMESTAMP, nullable=False),
 ]
+# What the landing batch derives from each event (``eventplatform/enrich/``, docs/enrichment.md).
+# After Kafka's columns so that the ClickHouse migration can append them (ADD COLUMN), and all
+# nullable: files landed before enrichment read with these columns null.
+_S, _F = pa.string(), pa.float64()
+ENRICHED_FIELDS = [
+    pa.field(name, arrow_type, nullable=True)
+    for name, arrow_type in [
+        ("ua_browser", _S),  # user agent: browser family, major version
+        ("ua_browser_major", _S),
+        ("ua_os", _S),  # OS family and version
+        ("ua_os_version", _S),
+        ("ua_device", _S),  # device family (iPhone, Samsung SM-G991B, Spider, Other)
+        ("device_class", _S),  # desktop | mobile | tablet | bot
+        ("is_bot", pa.bool_()),
+        ("bot_reason", _S),  # ua_spider | automation
+        ("geo_country", _S),  # ISO 3166-1 alpha-2, from the IP before anonymisation
+        ("ip_mode", _S),  # keep | truncate | hash: what the ip column holds
+        ("utm_source", _S),
+        ("utm_medium", _S),
+        ("utm_campaign", _S),
+        ("utm_term", _S),
+        ("utm_content", _S),
+        ("gclid", _S),
+        ("fbclid", _S),
+        ("referrer_host", _S),
+        ("referrer_class", _S),  # internal | search | social | email | paid | other
+        ("reporting_currency", _S),
+        ("fx_rate", _F),  # 1 unit of currency = fx_rate units of reporting_currency
+        ("amount_reporting", _F),
+        ("cost_reporting", _F),
+        ("revenue_reporting", _F),
+        ("enrich_version", _S),  # the enrichment code and reference data that made the row
+    ]
+]
 
 
 def _arrow_type(avro_type: Any) -> tuple[pa.DataType, bool]:
@@ -66,7 +100,7 @@ def envelope_and_payload_fields() -> tuple[list[pa.Field], list[pa.Field]]:
 @functools.cache
 def landed_schema() -> pa.Schema:
     envelope, payload = envelope_and_payload_fields()
-    return pa.schema([*envelope, *payload, *KAFKA_FIELDS])
+    return pa.schema([*envelope, *payload, *KAFKA_FIELDS, *ENRICHED_FIELDS])
 
 
 def events_to_arrow(
@@ -83,7 +117,17 @@ def events_to_arrow(
     building each column with a Python comprehension.
     """
     body = pa.Table.from_pylist([{**e, **e["payload"]} for e in events], schema=_body_schema())
-    return with_kafka_columns(body, kafka_topic, kafka_partition, kafka_offset, landed_ms)
+    table = with_kafka_columns(body, kafka_topic, kafka_partition, kafka_offset, landed_ms)
+    return with_enriched_nulls(table)
+
+
+def with_enriched_nulls(table: pa.Table) -> pa.Table:
+    """The landed shape with every enriched column null: rows as they were before enrichment
+    (tests, tools that insert rows themselves)."""
+    for field in ENRICHED_FIELDS:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table
 
 
 def with_kafka_columns(
@@ -93,7 +137,8 @@ def with_kafka_columns(
     kafka_offset: list[int],
     landed_ms: int,
 ) -> pa.Table:
-    """Body columns (``_body_schema()``) plus where each row came from: the landed table."""
+    """Body columns (``_body_schema()``) plus where each row came from: the landed table
+    before enrichment (``eventplatform/enrich/`` appends ``ENRICHED_FIELDS``)."""
     n = body.num_rows
     kafka_columns = [
         pa.array([kafka_topic] * n if isinstance(kafka_topic, str) else kafka_topic, pa.string()),

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Message
 
+from eventplatform.enrich import Enricher, Reference
 from eventplatform.events import DecodeError, EventPolicy
 from eventplatform.events.arrow import landed_schema, with_kafka_columns
 from eventplatform.events.columnar import ColumnarDecoder
@@ -51,9 +52,12 @@ class EventRows:
     time_column = "event_ts"
     write_lake = staticmethod(write_events)
 
-    def __init__(self, policy: EventPolicy | None = None) -> None:
+    def __init__(self, policy: EventPolicy | None = None, enricher: Enricher | None = None) -> None:
+        """``enricher``: the platform's (``enricher_from_settings``); without one, every
+        customer has the default settings (IPs truncated) and no rates are loaded."""
         self.decoder = ColumnarDecoder()
         self.policy = policy or EventPolicy()
+        self.enricher = enricher or Enricher(Reference())
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         body, errors = self.decoder.decode([m.value() for m in messages])
@@ -71,7 +75,8 @@ class EventRows:
             [m.offset() for m in good],
             landed_ms,
         )
-        return table, dead
+        # Before both sinks: the lake and ClickHouse get the same enriched rows (enrich/).
+        return self.enricher.enrich(table), dead
 
     def _within_policy(
         self, body: pa.Table, messages: list[Message], dead: list[DeadLetter]
@@ -152,9 +157,11 @@ class DeadLetterRows:
         return pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA), []
 
 
-def rows_for(kind: str, policy: EventPolicy | None = None) -> RowBuilder:
+def rows_for(
+    kind: str, policy: EventPolicy | None = None, enricher: Enricher | None = None
+) -> RowBuilder:
     if kind == "events":
-        return EventRows(policy)
+        return EventRows(policy, enricher)
     if kind == "dead_letters":
         return DeadLetterRows()
     raise ValueError(f"kind must be events or dead_letters, got {kind!r}")

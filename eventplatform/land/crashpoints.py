@@ -1,6 +1,8 @@
 """Fault injection for the crash tests: a landing process dies at a named point of a batch.
 
-The points, in batch order: ``after_manifest``, ``after_decode``, ``after_parquet``,
+The points, in batch order: ``after_manifest``, ``during_enrichment`` (inside
+``eventplatform/enrich/pipeline.py``, between the user-agent and geo lookups and the IP
+anonymisation), ``after_decode``, ``after_parquet``,
 ``after_clickhouse``, ``after_dead_letters``, ``after_commit``. Unset in production.
 """
 

@@ -45,6 +45,7 @@ from confluent_kafka import (
 )
 
 from eventplatform.clickhouse import ClickHouse
+from eventplatform.enrich import enrichment_counts
 from eventplatform.kafka.clients import (
     committed_offsets,
     make_consumer,
@@ -324,6 +325,7 @@ class ShardLander:
             seconds=time.monotonic() - t0,
             stage_seconds=stages,
             replayed=replayed,
+            enrichment=enrichment_counts(table),
         )
 
     def _lag(self, consumer: Consumer, ranges: list[OffsetRange]) -> int:

@@ -33,6 +33,7 @@ class BatchReport:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, parquet, ...
     replayed: bool = False
+    enrichment: dict = field(default_factory=dict)  # counts and versions (enrich/pipeline.py)
 
     @property
     def latency_p50_ms(self) -> float | None:

@@ -5,7 +5,8 @@ lake's file names come from the batch's offset ranges (the same files are replac
 ClickHouse insert carries an ``insert_deduplication_token`` derived from them (the table's
 deduplication window drops the repeat). The insert is split by month groups, because the
 tables are partitioned by month and an insert into more partitions than the server allows
-fails whole.
+fails whole. A batch of events also records its spend (``land/spend.py``) in the same
+ClickHouse session, before its offsets are committed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.crashpoints import crashpoint
 from eventplatform.land.lake import OffsetRange, WrittenFile
+from eventplatform.land.spend import record_spend, serialized
 
 
 class Sinks:
@@ -95,7 +97,12 @@ class Sinks:
                         "max_partitions_per_insert_block": str(limit),
                     },
                 )
-        stages["clickhouse"] = stages.get("clickhouse", 0.0) + time.perf_counter() - started
+            stages["clickhouse"] = stages.get("clickhouse", 0.0) + time.perf_counter() - started
+            if self.rows.clickhouse_table == "events":  # spend, before the offsets commit
+                started = time.perf_counter()
+                with serialized(self.clickhouse, self.lake_dir / "_landing" / "spend.lock"):
+                    record_spend(client, self.clickhouse.database, table, token)
+                stages["spend"] = stages.get("spend", 0.0) + time.perf_counter() - started
 
 
 def partition_groups(table: pa.Table, column: str, limit: int) -> list[pa.Table]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.clickhouse import ClickHouse, platform_clickhouse
+from eventplatform.enrich import enricher_from_settings
 from eventplatform.kafka.lag import consumer_lag
 from eventplatform.land.batches import rows_for
 from eventplatform.land.lander import ShardLander
@@ -73,8 +74,12 @@ def lag_per_shard(settings: Settings, source: Source) -> dict[int, int]:
     return by_shard
 
 
-def build_lander(settings: Settings, source: str | Source, shard: int) -> ShardLander:
-    """A lander for one shard: of a platform source by name, or of a described source."""
+def build_lander(
+    settings: Settings, source: str | Source, shard: int, clickhouse: ClickHouse | None = None
+) -> ShardLander:
+    """A lander for one shard: of a platform source by name, or of a described source.
+    ``clickhouse``: the handle to land through (a Dagster run passes its resource's); by
+    default the platform's, from the settings."""
     if isinstance(source, str):
         try:
             source = sources(settings)[source]
@@ -88,9 +93,9 @@ def build_lander(settings: Settings, source: str | Source, shard: int) -> ShardL
         topic=source.topic,
         shard=shard,
         shards=source.shards,
-        rows=rows_for(source.kind, settings.event_policy),
+        rows=rows_for(source.kind, settings.event_policy, enricher_from_settings(settings)),
         lake_dir=settings.lake_dir,
-        clickhouse=platform_clickhouse(settings),
+        clickhouse=clickhouse or platform_clickhouse(settings),
         dlq_topic=settings.kafka.dlq_topic,
         settings=settings.land.model_copy(update=policy) if policy else settings.land,
         dlq_max_value_bytes=settings.collector.dlq_max_value_bytes,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -40,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eventplatform.events.arrow import KAFKA_FIELDS, landed_schema
+from eventplatform.events.arrow import ENRICHED_FIELDS, KAFKA_FIELDS, landed_schema
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA
 from eventplatform.marts.activity import (
     DAILY_USERS,
@@ -50,6 +51,7 @@ from eventplatform.marts.activity import (
     state_path,
 )
 from eventplatform.marts.catalog import Mart, load_marts
+from eventplatform.marts.enriched import EMPTY_EVENTS, bot_filter, events_source
 from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days
 
 MARTS_DIR = "marts"
@@ -58,7 +60,7 @@ _FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, 
 
 def event_bytes_sql() -> str:
     """The landed row's uncompressed size, from the contract (every field but Kafka's)."""
-    kafka = {f.name for f in KAFKA_FIELDS}
+    kafka = {f.name for f in KAFKA_FIELDS} | {f.name for f in ENRICHED_FIELDS}  # not sent
     terms = []
     for f in landed_schema():
         if f.name in kafka:
@@ -93,7 +95,11 @@ def expand(sql: str) -> str:
 
 
 def day_events(
-    con: duckdb.DuckDBPyConnection, day: DayInputs, overflow_topic: str, name: str = "events"
+    con: duckdb.DuckDBPyConnection,
+    day: DayInputs,
+    overflow_topic: str,
+    include_bots: bool = False,
+    name: str = "events",
 ) -> None:
     """The relations ``<name>_raw`` (``events_raw`` for ``events``: as landed) and ``<name>``
     (one row per customer_id and event_id, the first landed wins), as views over the day's
@@ -102,23 +108,23 @@ def day_events(
     Dedupe without a hash table of every id: a 64-bit hash of (customer_id, event_id) groups
     the day once to find the repeated hashes (about 1 % of rows, and any hash collision);
     among those rows only, the exact ids decide, and the rows that lose are listed by file and
-    row number. ``<name>`` is the landed rows minus that short list (an anti-join).
+    row number. ``<name>`` is the landed rows minus that short list (an anti-join). Bots are
+    left out of both unless ``include_bots`` (``eventplatform.marts.enriched``).
     """
     raw = "events_raw" if name == "events" else f"{name}_raw"
     landed, dropped = f"_landed_{name}", f"_dropped_{name}"
+    con.register(EMPTY_EVENTS, landed_schema().empty_table())
+    source = (
+        f"(SELECT *, NULL::VARCHAR AS filename, NULL::BIGINT AS file_row_number "
+        f"FROM {EMPTY_EVENTS})"
+    )
     if day.events:
         files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
-        con.execute(
-            f"CREATE TEMP VIEW {landed} AS SELECT * FROM read_parquet({files}, "
-            "union_by_name = true, hive_partitioning = false, filename = true, "
-            "file_row_number = true)"
+        source = events_source(
+            f"read_parquet({files}, union_by_name = true, hive_partitioning = false, "
+            "filename = true, file_row_number = true)"
         )
-    else:
-        con.register(f"_empty_{name}", landed_schema().empty_table())
-        con.execute(
-            f"CREATE TEMP VIEW {landed} AS SELECT *, NULL::VARCHAR AS filename, "
-            f"NULL::BIGINT AS file_row_number FROM _empty_{name}"
-        )
+    con.execute(f"CREATE TEMP VIEW {landed} AS SELECT * FROM {source}" + bot_filter(include_bots))
     con.execute(
         f"CREATE TEMP TABLE {dropped} AS SELECT filename, file_row_number FROM {landed} "
         f"WHERE hash(customer_id, event_id) IN (SELECT hash(customer_id, event_id) FROM {landed} "
@@ -200,7 +206,7 @@ class MartBuilder:
         return con
 
     def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> None:
-        day_events(con, day, self.settings.kafka.overflow_topic)
+        day_events(con, day, self.settings.kafka.overflow_topic, self.settings.marts.include_bots)
         if day.dead_letters:
             con.execute(
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
@@ -222,9 +228,11 @@ class MartBuilder:
         con.register("campaigns", self._campaigns())
 
     def _activity(self, scanner: LakeScanner) -> ActivityState:
-        overflow = self.settings.kafka.overflow_topic
+        overflow, bots = self.settings.kafka.overflow_topic, self.settings.marts.include_bots
         return ActivityState(
-            self.lake_dir, scanner, lambda con, d, name: day_events(con, d, overflow, name)
+            self.lake_dir,
+            scanner,
+            lambda con, d, name: day_events(con, d, overflow, bots, name),
         )
 
     def _campaigns(self) -> pa.Table:
@@ -563,29 +571,30 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 
 _SCHEMAS: dict[tuple, pa.Schema] = {}
+_EMPTY_DAYS: dict[tuple, tuple[MartBuilder, duckdb.DuckDBPyConnection]] = {}
+_SCHEMA_LOCK = threading.Lock()
 
 
 def output_schema(settings, mart: Mart) -> pa.Schema:
-    """The mart's columns and types, from running its SQL over empty inputs (once per process
-    for the same SQL and the settings it reads: the definitions and every run ask for them)."""
+    """The mart's columns and types, from running its SQL over empty inputs: once per process
+    for the same SQL and the settings it reads, over one prepared empty day (the definitions
+    and every run ask for every mart's; preparing a day per mart cost 0.3 s each)."""
     m = settings.marts
-    key = (mart.sql, settings.kafka.overflow_topic, tuple(m.funnel), m.retention_weeks)
-    if key not in _SCHEMAS:
-        _SCHEMAS[key] = _compute_output_schema(settings, mart)
-    return _SCHEMAS[key]
-
-
-def _compute_output_schema(settings, mart: Mart) -> pa.Schema:
-    builder = MartBuilder(settings, [mart])
-    con = builder._connect(spill=False)
-    try:
-        empty = DayInputs(date(2000, 1, 3), (), (), "empty")
-        builder._prepare(con, empty)
-        builder._prepare_state(con, empty.day, LakeScanner(builder.lake_dir), [], set())
-        sql = expand(mart.sql)
-        return con.sql(sql, params=builder._params(sql, empty.day)).to_arrow_table().schema
-    finally:
-        con.close()
+    inputs = (settings.kafka.overflow_topic, tuple(m.funnel), m.retention_weeks)
+    with _SCHEMA_LOCK:
+        if (mart.sql, *inputs) not in _SCHEMAS:
+            if inputs not in _EMPTY_DAYS:
+                builder = MartBuilder(settings, [])
+                con = builder._connect(spill=False)
+                empty = DayInputs(date(2000, 1, 3), (), (), "empty")
+                builder._prepare(con, empty)
+                builder._prepare_state(con, empty.day, LakeScanner(builder.lake_dir), [], set())
+                _EMPTY_DAYS[inputs] = builder, con
+            builder, con = _EMPTY_DAYS[inputs]
+            sql = expand(mart.sql)
+            params = builder._params(sql, date(2000, 1, 3))
+            _SCHEMAS[(mart.sql, *inputs)] = con.sql(sql, params=params).to_arrow_table().schema
+        return _SCHEMAS[(mart.sql, *inputs)]
 
 
 __all__ = ["MartBuilder", "MartPartition", "ReconcileResult", "history_days", "output_schema"]

@@ -305,11 +305,11 @@ class _HeldClickHouse(ClickHouse):
 
     def __init__(self, dsn: str, database: str, client: Client) -> None:
         super().__init__(dsn, database)
-        self._held = client
+        self._whole_run_client = client
 
     @contextmanager
     def session(self) -> Iterator[Client]:
-        yield self._held
+        yield self._whole_run_client
 
 
 def _land(ch: ClickHouse, table: pa.Table, token: str) -> None:

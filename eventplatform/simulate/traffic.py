@@ -22,6 +22,128 @@ PRODUCT = "product"
 AD_MIX = (("bid", 0.40), ("impression", 0.58), ("ad_click", 0.015), ("conversion", 0.005))
 # Funnel of a product session: the chance to go on to the next step.
 FUNNEL = (("page_view", 1.0), ("click", 0.45), ("signup", 0.25), ("purchase", 0.4))
+# What browsers send, by share of traffic (desktop and mobile browsers of 2026, a few
+# crawlers and scripts): the enrichment's user-agent parser, bot flag and device class.
+USER_AGENTS = (
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+        20,
+    ),
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/130.0.0.0 Safari/537.36 Edg/130.0.0.0",
+        6,
+    ),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0", 4),
+    (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
+        "Gecko) Version/18.1 Safari/605.1.15",
+        7,
+    ),
+    (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
+        "Gecko) Chrome/131.0.0.0 Safari/537.36",
+        6,
+    ),
+    (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+        2,
+    ),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, "
+        "like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+        18,
+    ),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, "
+        "like Gecko) Version/17.6 Mobile/15E148 Safari/604.1",
+        5,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; SM-S921B) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Mobile Safari/537.36",
+        9,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Mobile Safari/537.36",
+        5,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "SamsungBrowser/26.0 Chrome/122.0.0.0 Mobile Safari/537.36",
+        3,
+    ),
+    (
+        "Mozilla/5.0 (iPad; CPU OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/18.1 Mobile/15E148 Safari/604.1",
+        4,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+        1,
+    ),
+    ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", 2),
+    ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", 1),
+    ("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)", 1),
+    (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "HeadlessChrome/131.0.0.0 Safari/537.36",
+        1,
+    ),
+    ("python-requests/2.32.3", 1),
+)
+# Public networks of several countries (first octets and a second-octet range); the last
+# octet varies per user. Private and documentation addresses appear too (no country).
+PUBLIC_NETWORKS = (
+    (8, 8),
+    (24, 30),
+    (31, 13),
+    (46, 101),
+    (51, 15),
+    (62, 210),
+    (77, 88),
+    (81, 2),
+    (88, 198),
+    (91, 198),
+    (101, 53),
+    (103, 21),
+    (121, 0),
+    (133, 11),
+    (151, 80),
+    (177, 44),
+    (185, 60),
+    (190, 12),
+    (196, 20),
+    (200, 147),
+    (203, 208),
+    (212, 58),
+)
+REFERRERS = (  # where a session comes from, by share
+    (None, 35),
+    ("https://www.google.com/search?q=shop", 25),
+    ("https://www.google.co.uk/", 5),
+    ("https://www.bing.com/search?q=deals", 4),
+    ("https://duckduckgo.com/", 3),
+    ("https://l.facebook.com/l.php?u=x", 6),
+    ("https://t.co/AbCdEf", 3),
+    ("https://www.reddit.com/r/deals/", 2),
+    ("https://mail.google.com/mail/u/0/", 3),
+    ("https://news.example.org/article/42", 8),
+    ("not a url", 1),
+)
+CAMPAIGNS = (  # a session's landing query (UTM parameters, click ids), by share
+    ("", 60),
+    ("?utm_source=google&utm_medium=cpc&utm_campaign=winter_sale&gclid=Cj0KCQiA", 12),
+    ("?utm_source=facebook&utm_medium=paid_social&utm_campaign=retarget&fbclid=IwAR3x", 8),
+    ("?utm_source=newsletter&utm_medium=email&utm_campaign=weekly%2042&utm_content=hero", 10),
+    ("?utm_source=partner+blog&utm_medium=referral&utm_term=running%20shoes", 5),
+    ("?utm_source=&utm_medium=&broken=%zz%", 1),
+)
+PURCHASE_CURRENCIES = ("EUR", "USD", "GBP", "JPY", "EUR", "CHF")
 BAD_KINDS = (
     "missing_type",
     "unknown_type",
@@ -89,6 +211,19 @@ class _Session:
     user_id: str
     session_id: str
     step: int = 0
+    landing: str = ""  # the first page's query: UTM parameters and click ids
+    referrer: str | None = None  # where the session came from
+    last_url: str | None = None
+
+
+@dataclass(frozen=True)
+class _Visitor:
+    user_agent: str
+    ip: str
+
+
+def _weighted(rng: random.Random, table: tuple) -> Any:
+    return rng.choices([v for v, _ in table], weights=[w for _, w in table])[0]
 
 
 class TrafficGenerator:
@@ -101,6 +236,10 @@ class TrafficGenerator:
             c.customer_id: [] for c in self.customers if c.kind == PRODUCT
         }
         self.sent = Counter()  # (customer, event_type, label) -> events made
+        # The web side (user agents, IPs, referrers, UTM) draws from its own generator, so the
+        # rest of the traffic is what it was for a seed before these fields existed.
+        self.web_rng = random.Random(spec.seed * 7919 + 1)
+        self._visitors: dict[str, _Visitor] = {}
 
     # -- the population ------------------------------------------------------------------
     def _make_customers(self) -> list[Customer]:
@@ -216,13 +355,15 @@ class TrafficGenerator:
             }
             if event_type == "conversion":
                 payload["value"] = round(rng.uniform(10, 200), 2)
-        ip = ip or f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        drawn = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        visitor = self._visitor(user)
         event = self._envelope(
             event_type,
             now_ms,
             payload,
             user_id=user,
-            ip=ip,
+            ip=ip or visitor.ip if ip or self.web_rng.random() > 0.02 else drawn,
+            user_agent=visitor.user_agent,
             device=rng.choice(("desktop", "mobile", "mobile", "tablet")),
         )
         return SimulatedEvent(customer.customer_id, event, label)
@@ -232,7 +373,16 @@ class TrafficGenerator:
         sessions = self._sessions[customer.customer_id]
         if len(sessions) < 50 or rng.random() < 0.05:
             user = f"{customer.customer_id}-user-{rng.randrange(20_000)}"
-            sessions.append(_Session(customer, user, f"s-{rng.getrandbits(48):012x}"))
+            web = self.web_rng
+            sessions.append(
+                _Session(
+                    customer,
+                    user,
+                    f"s-{rng.getrandbits(48):012x}",
+                    landing=_weighted(web, CAMPAIGNS),
+                    referrer=_weighted(web, REFERRERS),
+                )
+            )
         session = rng.choice(sessions)
         event_type = FUNNEL[session.step][0]
         # Advance along the funnel, or stay browsing, or leave.
@@ -241,28 +391,59 @@ class TrafficGenerator:
         elif event_type != "page_view" or rng.random() < 0.3:
             sessions.remove(session)
         site = customer.sites[0]
+        page = f"https://{site}.example/p/{rng.randrange(500)}"
+        first_page = session.last_url is None
+        page_view = {
+            "url": page + (session.landing if first_page else ""),
+            "duration_ms": rng.randrange(200, 120_000),
+        }
+        referrer = session.referrer if first_page else session.last_url
+        if referrer is not None:
+            page_view["referrer"] = referrer
+        if event_type == "page_view":
+            session.last_url = page
+        currency = PURCHASE_CURRENCIES[self.customers.index(customer) % len(PURCHASE_CURRENCIES)]
+        if self.web_rng.random() < 0.002:
+            currency = "XYZ"  # a sender's typo: no rate, the reporting columns stay null
         payloads = {
-            "page_view": {
-                "url": f"https://{site}.example/p/{rng.randrange(500)}",
-                "duration_ms": rng.randrange(200, 120_000),
-            },
+            "page_view": page_view,
             "click": {"url": f"https://{site}.example/cta", "element": "cta"},
             "signup": {"plan": rng.choice(("free", "pro")), "method": "email"},
             "purchase": {
                 "order_id": f"o-{rng.getrandbits(40):010x}",
                 "amount": round(rng.uniform(5, 300), 2),
-                "currency": "EUR",
+                "currency": currency,
                 "items": rng.randrange(1, 5),
             },
         }
+        visitor = self._visitor(session.user_id)
         event = self._envelope(
             event_type,
             now_ms,
             payloads[event_type],
             user_id=session.user_id,
             session_id=session.session_id,
+            ip=visitor.ip,
+            user_agent=visitor.user_agent,
         )
         return SimulatedEvent(customer.customer_id, event)
+
+    def _visitor(self, user_id: str) -> _Visitor:
+        """A user's browser and address, the same at every event (a few share a NAT)."""
+        visitor = self._visitors.get(user_id)
+        if visitor is None:
+            web = self.web_rng
+            first, second = web.choice(PUBLIC_NETWORKS)
+            ip = f"{first}.{second + web.randrange(4)}.{web.randrange(256)}.{web.randrange(1, 255)}"
+            if web.random() < 0.01:
+                ip = web.choice(("192.168.1.20", "2001:db8::7", "::1", "999.1.1.1"))
+            elif web.random() < 0.05:
+                ip = f"2a00:1450:{web.randrange(0x4000, 0x4030):x}::{web.randrange(1, 0xFFFF):x}"
+            visitor = _Visitor(_weighted(web, USER_AGENTS), ip)
+            if len(self._visitors) > 500_000:
+                self._visitors.clear()
+            self._visitors[user_id] = visitor
+        return visitor
 
     def _anomalies(self, now_ms: int, t_s: float, n: int) -> list[SimulatedEvent]:
         """A spike of one customer (10x its share) and click fraud from one IP, in windows."""

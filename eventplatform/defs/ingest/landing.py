@@ -83,6 +83,11 @@ def _batch_metadata(report: BatchReport) -> dict:
         "offsets": ", ".join(f"p{r.partition}: {r.first}-{r.last}" for r in report.ranges),
         "replayed": report.replayed,
     }
+    counts = report.enrichment.get("counts", {})
+    for name, value in counts.items():  # nulls left by failed lookups, bots (enrich/)
+        metadata[f"enrich_{name}"] = value
+    for name, value in report.enrichment.get("versions", {}).items():
+        metadata[f"enrich_version_{name}"] = value
     if report.latency_p99_ms is not None:
         metadata["latency_p50_ms"] = round(report.latency_p50_ms or 0.0, 1)
         metadata["latency_p99_ms"] = round(report.latency_p99_ms, 1)
@@ -147,7 +152,7 @@ def land_shard(
     kafka: KafkaResource,
 ):
     source = config.to_source(settings)
-    lander = build_lander(settings, source, config.shard)
+    lander = build_lander(settings, source, config.shard, clickhouse.get_client())
     kind = source.kind
     controller = (
         BudgetController(

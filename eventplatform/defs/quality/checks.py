@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from eventplatform.defs.resources import ClickHouseResource, KafkaResource
-from eventplatform.quality import checks
+from eventplatform.quality import bots, checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
 from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
 from eventplatform.quality.lag_samples import consumer_lag_outcome
@@ -109,6 +109,13 @@ hot_keys = _landed_check(
     checks.hot_keys,
     "One customer taking more than its share of traffic, or one user or campaign most of a "
     "customer's events.",
+)
+
+bot_share = _landed_check(
+    "bot_share",
+    bots.bot_share,
+    "Share of each customer's landed events flagged is_bot by enrichment (user agent) in the "
+    "window, above EP_QUALITY_BOT_SHARE_MAX (overridable per customer).",
 )
 
 

@@ -19,6 +19,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString};
 
+mod intake;
+
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
 /// Offsets of a string column are int32 (Arrow `string`): a batch stops before it overflows.
@@ -1028,6 +1030,7 @@ fn _panic_probe() -> String {
 fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Buffer>()?;
+    m.add_class::<intake::EventEncoder>()?;
     m.add_function(wrap_pyfunction!(_panic_probe, m)?)?;
     Ok(())
 }

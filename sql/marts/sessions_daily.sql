@@ -1,0 +1,89 @@
+-- name: sessions_daily
+-- description: One row per visit (session) per customer and day (UTC): how long it lasted,
+--   how many pages, where it entered and left, where it came from (UTM source), the
+--   visitor's country and device class. A session is the customer's session_id when the
+--   event carries one; otherwise a user's events with no gap of 30 minutes or more between
+--   them (by event_ts). Sessions are cut at midnight UTC (the partition). Events with
+--   neither user_id nor session_id belong to no session. Bots are left out (is_bot), as in
+--   every mart.
+-- owners: team:product-analytics
+-- grain: event_date, customer_id, session_key
+-- column event_date: Day (UTC); the partition.
+-- column customer_id: The customer whose site or app was visited.
+-- column session_key: The session_id sent, or '<user_id>#<n>' (the user's n-th visit of
+--   the day by 30 minutes of inactivity).
+-- column user_id: The visitor, when known.
+-- column started_ts: The session's first event (event_ts, UTC), as text
+--   'YYYY-MM-DD HH:MM:SS.mmm' (sorts as time; the ClickHouse mirror takes no timestamps).
+-- column ended_ts: Its last event, the same way.
+-- column length_s: ended_ts - started_ts in seconds (0 for a single event).
+-- column events: Events in the session (deduplicated by customer_id and event_id).
+-- column pages: page_view events in the session.
+-- column entry_url: URL of the first page_view (or first event with a URL).
+-- column exit_url: URL of the last page_view (or last event with a URL).
+-- column utm_source: utm_source of the first event that has one.
+-- column referrer_class: referrer_class of the first event that has one.
+-- column country: geo_country (from the IP, before anonymisation) of the first event that
+--   has one.
+-- column device_class: device_class (desktop, mobile, tablet, ctv) of the first event that
+--   has one.
+-- reconcile: sum(events) == (SELECT count(*) FROM events WHERE session_id IS NOT NULL
+--   OR user_id IS NOT NULL)
+-- reconcile: sum(pages) == (SELECT count(*) FROM events WHERE event_type = 'page_view'
+--   AND (session_id IS NOT NULL OR user_id IS NOT NULL))
+-- reconcile: count(*) FILTER (WHERE session_key NOT LIKE '%#%') == (SELECT count(DISTINCT
+--   (customer_id, session_id)) FROM events WHERE session_id IS NOT NULL)
+WITH visits AS (
+    SELECT
+        *,
+        CASE WHEN session_id IS NULL THEN
+            coalesce(
+                event_ts - lag(event_ts) OVER (
+                    PARTITION BY customer_id, user_id, session_id IS NULL
+                    ORDER BY event_ts, event_id
+                ) >= INTERVAL 30 MINUTE,
+                true
+            )
+        END AS starts_visit
+    FROM events
+    WHERE session_id IS NOT NULL OR user_id IS NOT NULL
+),
+keyed AS (
+    SELECT
+        *,
+        coalesce(
+            session_id,
+            user_id || '#' || sum(starts_visit::INTEGER) OVER (
+                PARTITION BY customer_id, user_id, session_id IS NULL
+                ORDER BY event_ts, event_id
+                ROWS UNBOUNDED PRECEDING
+            )
+        ) AS session_key
+    FROM visits
+)
+SELECT
+    $event_date::DATE AS event_date,
+    customer_id,
+    session_key,
+    min(user_id) AS user_id,
+    strftime(min(event_ts), '%Y-%m-%d %H:%M:%S.%g') AS started_ts,
+    strftime(max(event_ts), '%Y-%m-%d %H:%M:%S.%g') AS ended_ts,
+    round(epoch(max(event_ts)) - epoch(min(event_ts)), 3) AS length_s,
+    count(*) AS events,
+    count(*) FILTER (WHERE event_type = 'page_view') AS pages,
+    coalesce(
+        arg_min(url, event_ts) FILTER (WHERE event_type = 'page_view'),
+        arg_min(url, event_ts) FILTER (WHERE url IS NOT NULL)
+    ) AS entry_url,
+    coalesce(
+        arg_max(url, event_ts) FILTER (WHERE event_type = 'page_view'),
+        arg_max(url, event_ts) FILTER (WHERE url IS NOT NULL)
+    ) AS exit_url,
+    arg_min(utm_source, event_ts) FILTER (WHERE utm_source IS NOT NULL) AS utm_source,
+    arg_min(referrer_class, event_ts) FILTER (WHERE referrer_class IS NOT NULL)
+        AS referrer_class,
+    arg_min(geo_country, event_ts) FILTER (WHERE geo_country IS NOT NULL) AS country,
+    arg_min(device_class, event_ts) FILTER (WHERE device_class IS NOT NULL) AS device_class
+FROM keyed
+GROUP BY customer_id, session_key
+ORDER BY customer_id, session_key
