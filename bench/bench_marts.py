@@ -1,6 +1,7 @@
 """Build time of one day's marts against DuckDB's bare scan of the same Parquet files.
 
-    .venv/bin/python bench/bench_marts.py [--events 10000000] [--scans 3] [--no-clickhouse]
+    .venv/bin/python bench/bench_marts.py [--events 10000000] [--scans 3] [--runs 3]
+        [--no-clickhouse] [--history 7,90] [--history-events 1000000]
 
 Generates one day of landed events straight into a throwaway lake with pyarrow/numpy (the
 landed schema, one file per hour as the landing job writes them, 1 % duplicated event ids,
@@ -9,7 +10,14 @@ a realistic mix of ad and product events), then, in the same run:
 - the bare scan: DuckDB reads every column of every file (``count(col)`` for each column,
   so each is decoded), median of ``--scans`` runs;
 - the build: all marts for the day (dedupe, six marts, reconciliation, Parquet export,
-  warehouse load, and the ClickHouse mirror unless ``--no-clickhouse``).
+  warehouse load, and the ClickHouse mirror unless ``--no-clickhouse``), median of
+  ``--runs`` builds of the day;
+- the same build with N days of history behind it, for each N of ``--history``: past days
+  are written straight into the lake (``--history-events`` page views a day from the same
+  customers and users, so each day's user set is like the big day's), and built in order
+  (their user sets and activity states only: what a later day's marts read), then the day
+  is built again, ``--runs`` times. Flat means the day's build costs the same with 7 or 90
+  days behind it.
 
 Prints the figures and the ratio build / scan, in wall time and in CPU time (the machine may
 be shared: CPU time moves less with other load).
@@ -119,6 +127,56 @@ def generate(lake: Path, events: int, seed: int = 7) -> tuple[int, int]:
     return written, size
 
 
+def generate_history_day(lake: Path, day: date, events: int, seed: int) -> None:
+    """A past day of page views from the same 20 customers and 500,000 users per customer as
+    the big day (one file): cheap to write, and its user set is as large as a real day's."""
+    from eventplatform.events.arrow import landed_schema
+
+    schema = landed_schema()
+    rng = np.random.default_rng(seed)
+    customer_p = 1 / np.arange(1, 21) ** 1.1
+    customer_p /= customer_p.sum()
+    day_ms = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    ts = pa.array(day_ms + rng.integers(0, 86_400_000, events), pa.timestamp("ms", tz="UTC"))
+    ids = pa.array(np.arange(events))
+    columns = {
+        "event_id": pc.binary_join_element_wise(f"h{seed}-", pc.cast(ids, pa.string()), ""),
+        "event_type": pa.array(["page_view"] * events),
+        "event_ts": ts,
+        "received_ts": ts,
+        "customer_id": _pool("cust-", 20).take(pa.array(rng.choice(20, events, p=customer_p))),
+        "source": pa.array(["web-sdk"] * events),
+        "schema_version": pa.array(np.full(events, 2, np.int32)),
+        "user_id": _pool("u-", 500_000).take(pa.array(rng.integers(0, 500_000, events))),
+        "kafka_topic": pa.array(["events.raw"] * events),
+        "kafka_partition": pa.array(np.zeros(events, np.int32)),
+        "kafka_offset": ids,
+        "landed_ts": ts,
+    }
+    table = pa.table(
+        {
+            f.name: columns[f.name].cast(f.type) if f.name in columns else pa.nulls(events, f.type)
+            for f in schema
+        },
+        schema=schema,
+    )
+    folder = lake / "events" / f"event_date={day}" / "event_hour=00"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / f"events.raw+0+0-{events - 1}.parquet", compression="zstd")
+
+
+def timed_builds(builder, runs: int) -> tuple[float, float, list]:
+    """Median wall and CPU seconds of ``runs`` builds of the day; the last build's parts."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        parts = builder.build_day(DAY)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+        assert all(p.reconciled for p in parts), "a mart did not reconcile"
+    return statistics.median(walls), statistics.median(cpus), parts
+
+
 def bare_scan(files: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process's threads) of DuckDB reading every column."""
     from eventplatform.events.arrow import landed_schema
@@ -136,7 +194,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--scans", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-clickhouse", action="store_true")
+    parser.add_argument("--history", default="7,90", help="days of history, comma separated")
+    parser.add_argument("--history-events", type=int, default=1_000_000)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ep-bench-marts-") as tmp:
@@ -145,7 +206,6 @@ def main() -> None:
         from eventplatform.marts.build import MartBuilder
         from eventplatform.settings import get_settings
 
-        get_settings.cache_clear()
         settings = get_settings()
         start = time.perf_counter()
         rows, size = generate(settings.lake_dir, args.events)
@@ -168,18 +228,49 @@ def main() -> None:
             clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
             clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
         builder = MartBuilder(settings, clickhouse=clickhouse)
-        start, cpu = time.perf_counter(), time.process_time()
-        parts = builder.build_day(DAY)
-        build, build_cpu = time.perf_counter() - start, time.process_time() - cpu
+        build, build_cpu, parts = timed_builds(builder, args.runs)
         for part in parts:
             print(f"  {part.mart}: {part.rows:,} rows, query+reconcile {part.seconds:.2f}s")
-        assert all(p.reconciled for p in parts), "a mart did not reconcile"
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in builder.timings.items())
-        print(f"build of the day's {len(parts)} marts (all reconciled): {build:.2f}s ({stages})")
+        print(
+            f"build of the day's {len(parts)} marts (all reconciled), median of {args.runs}: "
+            f"{build:.2f}s wall, {build_cpu:.2f}s CPU (last: {stages})"
+        )
         print(f"events/s through the marts build: {rows / build:,.0f}")
-        print(f"build CPU time: {build_cpu:.2f}s")
         print(f"ratio build / bare scan: {build / scan:.1f} wall, {build_cpu / scan_cpu:.1f} CPU")
         sys.stdout.flush()
+
+        with_history: dict[int, float] = {}
+        written = 0
+        for days in sorted(int(d) for d in args.history.split(",") if d):
+            start = time.perf_counter()
+            past = [date.fromordinal(DAY.toordinal() - n) for n in range(days, 0, -1)]
+            for n, day in enumerate(past):
+                if n < days - written:  # the days not written for a shorter history
+                    generate_history_day(
+                        settings.lake_dir, day, args.history_events, seed=day.toordinal()
+                    )
+            for day in past:  # in order: each day's state chains on the day before
+                builder.build_day(day, ["daily_users", "user_activity"])
+            prepared = time.perf_counter() - start
+            written = days
+            wall, cpu, parts = timed_builds(builder, args.runs)
+            source = builder.activity.source if builder.activity else "?"
+            states = [p for p in builder.state_parts if p.mart == "user_activity"]
+            users = states[0].rows if states else 0
+            with_history[days] = cpu
+            print(
+                f"with {days} days of history ({args.history_events:,} events a day, written "
+                f"and built in {prepared:.0f}s): build median {wall:.2f}s wall, {cpu:.2f}s CPU, "
+                f"ratio {cpu / scan_cpu:.1f} CPU; state {source}, {users:,} users in the window"
+            )
+            sys.stdout.flush()
+        if len(with_history) > 1:
+            low, high = min(with_history), max(with_history)
+            print(
+                f"build CPU with {high} vs {low} days of history: "
+                f"{with_history[high] / with_history[low]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

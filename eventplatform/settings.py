@@ -481,7 +481,11 @@ class MartSettings(BaseSettings):
         description="The product funnel: event types in order, comma separated.",
     )
     retention_weeks: int = Field(
-        default=8, description="Lookback of the weekly retention cohorts, in weeks."
+        default=8,
+        ge=1,
+        le=8,
+        description="Lookback of the weekly retention cohorts, in weeks (at most 8: the "
+        "users' activity state keeps 63 days).",
     )
     mirror_clickhouse: bool = Field(
         default=True, description="Mirror each built partition to ClickHouse tables."

@@ -43,6 +43,7 @@ from eventplatform_tests.marts_data import D0, D1, D2, ad, land, make_lake
 
 ALL = sorted(m.name for m in load_marts(REPO_ROOT / "sql" / "marts"))
 HISTORY = ["product_active_users_daily", "product_retention_weekly"]
+STATE = ["daily_users", "user_activity"]  # the per-day user sets and the activity state
 
 
 @pytest.fixture
@@ -92,6 +93,8 @@ def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> N
         upstream = {AssetKey("events_lake")}
         if name == "customer_usage_daily":  # it counts the dead letters too
             upstream.add(AssetKey("dead_letters"))
+        if name in HISTORY:  # they read the users' activity state, not the lake's history
+            upstream.add(AssetKey("user_activity"))
         assert node.parent_keys == upstream
         assert node.owners and node.description
         assert node.partitions_def.get_partition_keys()[0] == "2026-01-01"
@@ -164,7 +167,10 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
     assert all(isinstance(r, RunRequest) for r in requests)
     wanted = {r.partition_key: sorted(k.path[-1] for k in r.asset_selection) for r in requests}
     # the day itself, and the later day's marts that look back on it (MAU, retention)
-    assert wanted == {str(day_before): ALL, str(yesterday): HISTORY}
+    assert wanted == {
+        str(day_before): sorted([*ALL, *STATE]),
+        str(yesterday): sorted([*HISTORY, "user_activity"]),
+    }
     assert requests[0].tags["eventplatform/reason"] == "late-data"
     assert evaluate().run_requests[0].run_key == requests[0].run_key  # same state, same run key
 
@@ -208,9 +214,9 @@ def test_automation_builds_today_once_per_tick_after_events_landed(
     instance.report_runless_asset_event(AssetMaterialization(LAKE))  # a landing batch
     landed = evaluate(now + timedelta(seconds=1), idle.cursor)
     today = (now + timedelta(seconds=1)).date().isoformat()
-    for name in ALL:
+    for name in [*ALL, *STATE]:  # the marts and the state they read
         assert landed.get_requested_partitions(AssetKey(name)) == {today}, name
-    assert landed.total_requested == len(ALL)
+    assert landed.total_requested == len(ALL) + len(STATE)
     instance.report_runless_asset_event(AssetMaterialization(LAKE))  # more, in the same tick
     again = evaluate(now + timedelta(seconds=2), landed.cursor)
     assert again.total_requested == 0

@@ -3,13 +3,17 @@
 For a day D the builder gives the mart SQL these relations (in an in-memory DuckDB):
 
 - ``events_raw``: the day's landed rows as found in the lake (a replayed file or a retried
-  send appears more than once), the columns the marts use plus ``is_overflow`` (came through
+  send appears more than once), every landed column plus ``is_overflow`` (came through
   the overflow topic) and ``event_bytes`` (the row's uncompressed size);
 - ``events``: the same, one row per ``(customer_id, event_id)`` (the first landed wins): event
-  ids are the sender's, so two customers may both use "1", "2", ... and keep their events;
+  ids are the sender's, so two customers may both use "1", "2", ... and keep their events.
+  Both are views over the day's Parquet files (see :func:`day_events`): each mart reads only
+  the columns it uses; ``sum_event_bytes()`` in a mart is ``sum(event_bytes)``, cheaper;
 - ``dead_letters``: the day's dead letters (``customer_id``, ``reason``, ``stage``, ``bytes``);
-- ``activity_window``: distinct (event_date, customer_id, user_id) over the days the history
-  marts look back (MAU, retention);
+- ``day_users``: the distinct (customer_id, user_id) of ``events``;
+- ``user_activity``: (customer_id, user_id, active_days) for the users active in the 63 days
+  ending on D, bit k of ``active_days`` set when active on D - k (``eventplatform.marts.activity``:
+  yesterday's state plus today's users, so the cost does not grow with history);
 - ``funnel_steps`` (step, event_type) from settings, ``campaigns`` (campaign_id, advertiser, owner).
 
 Each built partition is written three ways: a Parquet file per mart and day
@@ -39,40 +43,18 @@ import pyarrow.parquet as pq
 
 from eventplatform.events.arrow import ENRICHED_FIELDS, KAFKA_FIELDS, landed_schema
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA
-from eventplatform.marts.catalog import Mart, load_marts
-from eventplatform.marts.enriched import (
-    EMPTY_EVENTS,
-    ENRICHED_EVENT_COLUMNS,
-    bot_filter,
-    events_source,
+from eventplatform.marts.activity import (
+    DAILY_USERS,
+    STATE_ASSETS,
+    USER_ACTIVITY,
+    ActivityState,
+    state_path,
 )
-from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days, input_days
+from eventplatform.marts.catalog import Mart, load_marts
+from eventplatform.marts.enriched import EMPTY_EVENTS, bot_filter, events_source
+from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days
 
 MARTS_DIR = "marts"
-EVENT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "event_ts",
-    "customer_id",
-    "user_id",
-    "session_id",
-    "device",
-    "campaign_id",
-    "site_id",
-    "publisher_id",
-    "ad_id",
-    "pricing_model",
-    "cost",
-    "revenue",
-    "value",
-    "amount",
-    "currency",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-    "landed_ts",
-    *ENRICHED_EVENT_COLUMNS,
-)
 _FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
 
 
@@ -89,6 +71,77 @@ def event_bytes_sql() -> str:
             width = 8 if pa.types.is_timestamp(f.type) else _FIXED_WIDTH.get(f.type, 8)
             terms.append(f'CASE WHEN "{f.name}" IS NULL THEN 0 ELSE {width} END')
     return " + ".join(terms)
+
+
+def event_bytes_sum_sql() -> str:
+    """``sum(event_bytes)`` as one aggregate per column (exactly the same total): far cheaper
+    than the row expression, for a mart that sums the bytes of many rows."""
+    kafka = {f.name for f in KAFKA_FIELDS}
+    terms = []
+    for f in landed_schema():
+        if f.name in kafka:
+            continue
+        if pa.types.is_string(f.type):
+            terms.append(f'coalesce(sum(strlen("{f.name}")), 0)')
+        else:
+            width = 8 if pa.types.is_timestamp(f.type) else _FIXED_WIDTH.get(f.type, 8)
+            terms.append(f'{width} * count("{f.name}")')
+    return "(" + " + ".join(terms) + ")::BIGINT"
+
+
+def expand(sql: str) -> str:
+    """A mart's SQL with ``sum_event_bytes()`` written out (DuckDB macros cannot name columns)."""
+    return sql.replace("sum_event_bytes()", event_bytes_sum_sql())
+
+
+def day_events(
+    con: duckdb.DuckDBPyConnection,
+    day: DayInputs,
+    overflow_topic: str,
+    include_bots: bool = False,
+    name: str = "events",
+) -> None:
+    """The relations ``<name>_raw`` (``events_raw`` for ``events``: as landed) and ``<name>``
+    (one row per customer_id and event_id, the first landed wins), as views over the day's
+    Parquet files, so each mart reads only its own columns.
+
+    Dedupe without a hash table of every id: a 64-bit hash of (customer_id, event_id) groups
+    the day once to find the repeated hashes (about 1 % of rows, and any hash collision);
+    among those rows only, the exact ids decide, and the rows that lose are listed by file and
+    row number. ``<name>`` is the landed rows minus that short list (an anti-join). Bots are
+    left out of both unless ``include_bots`` (``eventplatform.marts.enriched``).
+    """
+    raw = "events_raw" if name == "events" else f"{name}_raw"
+    landed, dropped = f"_landed_{name}", f"_dropped_{name}"
+    con.register(EMPTY_EVENTS, landed_schema().empty_table())
+    source = (
+        f"(SELECT *, NULL::VARCHAR AS filename, NULL::BIGINT AS file_row_number "
+        f"FROM {EMPTY_EVENTS})"
+    )
+    if day.events:
+        files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
+        source = events_source(
+            f"read_parquet({files}, union_by_name = true, hive_partitioning = false, "
+            "filename = true, file_row_number = true)"
+        )
+    con.execute(f"CREATE TEMP VIEW {landed} AS SELECT * FROM {source}" + bot_filter(include_bots))
+    con.execute(
+        f"CREATE TEMP TABLE {dropped} AS SELECT filename, file_row_number FROM {landed} "
+        f"WHERE hash(customer_id, event_id) IN (SELECT hash(customer_id, event_id) FROM {landed} "
+        "GROUP BY 1 HAVING count(*) > 1) "
+        "QUALIFY row_number() OVER (PARTITION BY customer_id, event_id ORDER BY landed_ts, "
+        "kafka_topic, kafka_partition, kafka_offset, filename, file_row_number) > 1"
+    )
+    columns = (
+        f"l.* EXCLUDE (filename, file_row_number), l.kafka_topic = {_literal(overflow_topic)} "
+        f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
+        f"DATE '{day.day.isoformat()}' AS event_date"
+    )
+    con.execute(f"CREATE TEMP VIEW {raw} AS SELECT {columns} FROM {landed} AS l")
+    con.execute(
+        f"CREATE TEMP VIEW {name} AS SELECT {columns} FROM {landed} AS l "
+        f"ANTI JOIN {dropped} USING (filename, file_row_number)"
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +191,8 @@ class MartBuilder:
         self.warehouse_path: Path = settings.warehouse_path
         self.clickhouse = clickhouse
         self.timings: dict[str, float] = {}  # seconds per stage of the last build_day
+        self.state_parts: list[MartPartition] = []  # the state assets the last build wrote
+        self.activity: ActivityState | None = None  # how the last build made its state
 
     # -- the day's relations -------------------------------------------------------------
 
@@ -150,38 +205,8 @@ class MartBuilder:
         con.execute("SET TimeZone = 'UTC'")
         return con
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs, history: list[DayInputs]):
-        columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
-        overflow = _literal(self.settings.kafka.overflow_topic)
-        con.register(EMPTY_EVENTS, landed_schema().empty_table())
-        source = EMPTY_EVENTS
-        if day.events:
-            files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
-            source = events_source(
-                f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
-            )
-        # A view: each reader scans only the columns it needs (projection pushdown).
-        con.execute(
-            f"CREATE TEMP VIEW events_raw AS SELECT {columns}, kafka_topic = {overflow} "
-            f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
-            f"DATE '{day.day.isoformat()}' AS event_date FROM {source}"
-            + bot_filter(self.settings.marts.include_bots)
-        )
-        # Dedupe: most events are landed once, so only the rows of repeated ids go through
-        # the window (first landed wins); the rest stream through an anti-join.
-        # An event is (customer_id, event_id): ids are unique per sender only.
-        con.execute(
-            "CREATE TEMP TABLE _repeated AS SELECT customer_id, event_id FROM events_raw "
-            "GROUP BY customer_id, event_id HAVING count(*) > 1"
-        )
-        con.execute(
-            "CREATE TEMP TABLE events AS "
-            "SELECT r.* FROM events_raw AS r ANTI JOIN _repeated USING (customer_id, event_id) "
-            "UNION ALL "
-            "SELECT r.* FROM events_raw AS r SEMI JOIN _repeated USING (customer_id, event_id) "
-            "QUALIFY row_number() OVER (PARTITION BY customer_id, event_id ORDER BY landed_ts, "
-            "kafka_topic, kafka_partition, kafka_offset) = 1"
-        )
+    def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> None:
+        day_events(con, day, self.settings.kafka.overflow_topic, self.settings.marts.include_bots)
         if day.dead_letters:
             con.execute(
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
@@ -195,29 +220,20 @@ class MartBuilder:
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
                 "0::BIGINT AS bytes FROM _empty_dead"
             )
-        con.execute(
-            "CREATE TEMP TABLE activity_window "
-            "(event_date DATE, customer_id VARCHAR, user_id VARCHAR)"
-        )
-        earlier = [p for d in history if d.day != day.day for p in d.events]
-        if earlier:
-            con.execute(
-                "INSERT INTO activity_window SELECT DISTINCT event_date, customer_id, user_id "
-                "FROM read_parquet($files, union_by_name = true, hive_partitioning = true, "
-                "hive_types = {'event_date': DATE, 'event_hour': INTEGER}) "
-                "WHERE user_id IS NOT NULL",
-                {"files": [str(p) for p in earlier]},
-            )
-        con.execute(
-            "INSERT INTO activity_window SELECT DISTINCT event_date, customer_id, user_id "
-            "FROM events WHERE user_id IS NOT NULL"
-        )
         steps = self.settings.marts.funnel
         con.register(
             "funnel_steps",
             pa.table({"step": list(range(1, len(steps) + 1)), "event_type": steps}),
         )
         con.register("campaigns", self._campaigns())
+
+    def _activity(self, scanner: LakeScanner) -> ActivityState:
+        overflow, bots = self.settings.kafka.overflow_topic, self.settings.marts.include_bots
+        return ActivityState(
+            self.lake_dir,
+            scanner,
+            lambda con, d, name: day_events(con, d, overflow, bots, name),
+        )
 
     def _campaigns(self) -> pa.Table:
         """campaign_id -> advertiser and owner (the customer whose campaign it is), from
@@ -245,31 +261,89 @@ class MartBuilder:
     def select(self, names: Iterable[str] | None) -> list[Mart]:
         if names is None:
             return list(self.marts)
-        names = list(names)
+        names = [n for n in names if n not in STATE_ASSETS]
         unknown = [n for n in names if n not in self.by_name]
         if unknown:
             raise KeyError(f"unknown mart(s) {unknown}; known: {sorted(self.by_name)}")
         return [m for m in self.marts if m.name in names]
 
+    def _state_wanted(self, names: Iterable[str] | None) -> set[str]:
+        return set(STATE_ASSETS) if names is None else {n for n in names if n in STATE_ASSETS}
+
+    def _prepare_state(
+        self, con, day: date, scanner: LakeScanner, marts: list[Mart], state: set[str]
+    ) -> ActivityState:
+        """``day_users`` and ``user_activity`` when a selected mart or state asset needs them
+        (empty tables otherwise, so every mart's SQL binds)."""
+        activity = self.activity = self._activity(scanner)
+        needs_activity = USER_ACTIVITY in state or any(m.reads_history for m in marts)
+        if needs_activity or DAILY_USERS in state:
+            activity.prepare_day_users(con)
+        else:
+            con.execute("CREATE TEMP TABLE day_users (customer_id VARCHAR, user_id VARCHAR)")
+        if needs_activity:
+            activity.prepare_activity(con, day)
+        else:
+            con.execute(
+                "CREATE TEMP TABLE user_activity "
+                "(customer_id VARCHAR, user_id VARCHAR, active_days UBIGINT)"
+            )
+        return activity
+
     def compute_day(
-        self, day: date, names: Iterable[str] | None = None
+        self, day: date, names: Iterable[str] | None = None, write_state: bool = False
     ) -> dict[str, tuple[pa.Table, MartPartition]]:
-        """The marts of one day computed (nothing written yet), with their reconciliations."""
+        """The marts of one day computed (nothing written yet but, with ``write_state``, the
+        day's user set and activity state), with their reconciliations."""
+        names = list(names) if names is not None else None
         marts = self.select(names)
+        state = self._state_wanted(names)
         weeks = self.settings.marts.retention_weeks
         scanner = LakeScanner(self.lake_dir)
-        needs_history = any(m.reads_history for m in marts)
-        history = [scanner.day(d) for d in input_days(day, needs_history, weeks)]
         today = scanner.day(day)
         out: dict[str, tuple[pa.Table, MartPartition]] = {}
+        self.state_parts = []
         con = self._connect()
         try:
             start = time.perf_counter()
-            self._prepare(con, today, history)
+            self._prepare(con, today)
+            activity = self._prepare_state(con, day, scanner, marts, state)
             self.timings["prepare"] = time.perf_counter() - start
+            start = time.perf_counter()
+            if write_state and activity.source:  # the state was computed: keep it
+                written = {
+                    DAILY_USERS: activity.write_day_users(con, day),
+                    USER_ACTIVITY: activity.write_activity(con, day),
+                }
+                for name in sorted(state):
+                    self.state_parts.append(
+                        MartPartition(
+                            mart=name,
+                            day=day,
+                            rows=written[name],
+                            fingerprint=scanner.fingerprint(day, name == USER_ACTIVITY, weeks),
+                            parquet_path=state_path(self.lake_dir, name, day),
+                            seconds=time.perf_counter() - start,
+                        )
+                    )
+            elif write_state and DAILY_USERS in state:
+                rows = activity.write_day_users(con, day)
+                self.state_parts.append(
+                    MartPartition(
+                        DAILY_USERS,
+                        day,
+                        rows,
+                        scanner.fingerprint(day, False, weeks),
+                        state_path(self.lake_dir, DAILY_USERS, day),
+                        seconds=time.perf_counter() - start,
+                    )
+                )
+            self.timings["state"] = time.perf_counter() - start
+            cache: dict[str, float | None] = {}
             for mart in marts:
                 start = time.perf_counter()
-                table = con.sql(mart.sql, params=self._params(mart.sql, day)).to_arrow_table()
+                sql = expand(mart.sql)
+                table = con.sql(sql, params=self._params(sql, day)).to_arrow_table()
                 part = MartPartition(
                     mart=mart.name,
                     day=day,
@@ -277,14 +351,20 @@ class MartBuilder:
                     fingerprint=scanner.fingerprint(day, mart.reads_history, weeks),
                     parquet_path=self.parquet_path(mart.name, day),
                 )
-                part.reconciliations = self._reconcile(con, mart, table, day)
+                part.reconciliations = self._reconcile(con, mart, table, day, cache)
                 part.seconds = time.perf_counter() - start
                 out[mart.name] = (table, part)
         finally:
             con.close()
         return out
 
-    def _reconcile(self, con, mart: Mart, table: pa.Table, day: date) -> list[ReconcileResult]:
+    def _reconcile(
+        self, con, mart: Mart, table: pa.Table, day: date, cache: dict | None = None
+    ) -> list[ReconcileResult]:
+        """Each reconcile line's two sides. ``cache`` keeps the events' side of a build, so a
+        figure that two marts reconcile with (the day's event count, its revenue) is
+        computed once."""
+        cache = {} if cache is None else cache
         con.register("mart", table)
         results = []
         try:
@@ -292,9 +372,11 @@ class MartBuilder:
                 left = con.execute(
                     f"SELECT ({rec.mart_expr})::DOUBLE FROM mart", self._params(rec.mart_expr, day)
                 ).fetchall()[0][0]
-                right = con.execute(
-                    f"SELECT ({rec.events_expr})::DOUBLE", self._params(rec.events_expr, day)
-                ).fetchall()[0][0]
+                if rec.events_expr not in cache:
+                    cache[rec.events_expr] = con.execute(
+                        f"SELECT ({rec.events_expr})::DOUBLE", self._params(rec.events_expr, day)
+                    ).fetchall()[0][0]
+                right = cache[rec.events_expr]
                 results.append(
                     ReconcileResult(f"{rec.mart_expr} == {rec.events_expr}", left, right)
                 )
@@ -310,9 +392,6 @@ class MartBuilder:
         """
         marts = self.select(names)
         scanner = LakeScanner(self.lake_dir)
-        weeks = self.settings.marts.retention_weeks
-        needs_history = any(m.reads_history for m in marts)
-        history = [scanner.day(d) for d in input_days(day, needs_history, weeks)]
         stored: dict[str, pa.Table] = {}
         with self.warehouse(read_only=True) as warehouse:
             for mart in marts:
@@ -321,17 +400,25 @@ class MartBuilder:
                 ).to_arrow_table()
         con = self._connect()
         try:
-            self._prepare(con, scanner.day(day), history)
-            return {m.name: self._reconcile(con, m, stored[m.name], day) for m in marts}
+            self._prepare(con, scanner.day(day))
+            self._prepare_state(con, day, scanner, marts, set())
+            cache: dict[str, float | None] = {}
+            return {m.name: self._reconcile(con, m, stored[m.name], day, cache) for m in marts}
         finally:
             con.close()
 
     def build_day(self, day: date, names: Iterable[str] | None = None) -> list[MartPartition]:
-        """Compute, then write Parquet, the warehouse and the ClickHouse mirror for one day."""
+        """Compute, then write Parquet, the warehouse and the ClickHouse mirror for one day.
+
+        ``names`` None builds every mart (and the user set and activity state they read);
+        the state assets' partitions are in the result only when named."""
+        names = list(names) if names is not None else None
         self.timings = {}
         start = time.perf_counter()
-        computed = self.compute_day(day, names)
-        self.timings["marts"] = time.perf_counter() - start - self.timings["prepare"]
+        computed = self.compute_day(day, names, write_state=True)
+        self.timings["marts"] = (
+            time.perf_counter() - start - self.timings["prepare"] - self.timings["state"]
+        )
         start = time.perf_counter()
         for table, part in computed.values():
             write_parquet(part.parquet_path, table)
@@ -349,7 +436,11 @@ class MartBuilder:
                     part.mirrored = True
                     part.reconciliations.extend(self.compare_mirror(name, day, table))
         self.timings["clickhouse"] = time.perf_counter() - start
-        return [part for _, part in computed.values()]
+        # the state assets are returned when asked for by name (written whenever computed)
+        named = set(names or ()) & set(STATE_ASSETS)
+        return [part for _, part in computed.values()] + [
+            p for p in self.state_parts if p.mart in named
+        ]
 
     def compare_mirror(self, name: str, day: date, table: pa.Table) -> list[ReconcileResult]:
         """The ClickHouse copy of the day has the same rows and column sums as the build."""
@@ -496,11 +587,13 @@ def output_schema(settings, mart: Mart) -> pa.Schema:
                 builder = MartBuilder(settings, [])
                 con = builder._connect(spill=False)
                 empty = DayInputs(date(2000, 1, 3), (), (), "empty")
-                builder._prepare(con, empty, [empty])
+                builder._prepare(con, empty)
+                builder._prepare_state(con, empty.day, LakeScanner(builder.lake_dir), [], set())
                 _EMPTY_DAYS[inputs] = builder, con
             builder, con = _EMPTY_DAYS[inputs]
-            params = builder._params(mart.sql, date(2000, 1, 3))
-            _SCHEMAS[(mart.sql, *inputs)] = con.sql(mart.sql, params=params).to_arrow_table().schema
+            sql = expand(mart.sql)
+            params = builder._params(sql, date(2000, 1, 3))
+            _SCHEMAS[(mart.sql, *inputs)] = con.sql(sql, params=params).to_arrow_table().schema
         return _SCHEMAS[(mart.sql, *inputs)]
 
 

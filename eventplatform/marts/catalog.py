@@ -53,8 +53,8 @@ class Mart:
 
     @property
     def reads_history(self) -> bool:
-        """Whether the mart reads days before its own (``activity_window``)."""
-        return "activity_window" in self.sql
+        """Whether the mart reads days before its own (``user_activity``, the window's state)."""
+        return "user_activity" in self.sql
 
     @property
     def parameters(self) -> set[str]:

@@ -35,7 +35,7 @@ counted AS (
         event_type,
         count(*) AS events,
         count(*) FILTER (WHERE is_overflow) AS overflow_events,
-        sum(event_bytes)::BIGINT AS bytes,
+        sum_event_bytes() AS bytes,  -- sum(event_bytes), one aggregate per column
         count(DISTINCT user_id) AS users
     FROM events
     GROUP BY ALL

@@ -13,23 +13,17 @@
 -- column sessions: Distinct session_id on the day.
 -- column events: Events on the day (deduplicated by customer_id and event_id), all types.
 -- reconcile: sum(events) == (SELECT count(*) FROM events)
--- reconcile: sum(dau) == (SELECT count(DISTINCT (customer_id, user_id)) FROM events
---   WHERE user_id IS NOT NULL)
+-- reconcile: sum(dau) == (SELECT count(*) FROM day_users)
 -- reconcile: sum(sessions) == (SELECT count(DISTINCT (customer_id, session_id)) FROM events
 --   WHERE session_id IS NOT NULL)
-WITH last_seen AS (  -- each user's last active day in the 30 days ending on the day
-    SELECT customer_id, user_id, max(event_date) AS last_day
-    FROM activity_window
-    WHERE event_date > $event_date::DATE - 30 AND event_date <= $event_date::DATE
-    GROUP BY ALL
-),
-window_users AS (
+WITH window_users AS (  -- user_activity: bit k of active_days = active on the day minus k
     SELECT
         customer_id,
-        count(*) FILTER (WHERE last_day = $event_date::DATE) AS dau,
-        count(*) FILTER (WHERE last_day > $event_date::DATE - 7) AS wau,
+        count(*) FILTER (WHERE active_days & 1::UBIGINT <> 0) AS dau,
+        count(*) FILTER (WHERE active_days & 127::UBIGINT <> 0) AS wau,  -- 7 days
         count(*) AS mau
-    FROM last_seen
+    FROM user_activity
+    WHERE active_days & ((1::UBIGINT << 30) - 1) <> 0  -- active in the 30 days
     GROUP BY ALL
 ),
 day AS (

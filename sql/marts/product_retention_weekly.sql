@@ -14,23 +14,33 @@
 -- column cohort_users: Users first seen in cohort_week (up to event_date).
 -- column retained_users: Of those, users active in activity_week up to event_date.
 -- column retention: retained_users / cohort_users.
--- reconcile: sum(retained_users) == (SELECT count(DISTINCT (customer_id, user_id))
---   FROM activity_window WHERE event_date <= $event_date::DATE
---   AND event_date >= date_trunc('week', $event_date::DATE)::DATE)
+-- reconcile: sum(retained_users) == (SELECT count(*) FROM user_activity
+--   WHERE active_days & ((1::UBIGINT << ($event_date::DATE
+--   - date_trunc('week', $event_date::DATE)::DATE + 1)) - 1) <> 0)
 WITH bounds AS (
     SELECT
         date_trunc('week', $event_date::DATE)::DATE AS activity_week,
         date_trunc('week', $event_date::DATE)::DATE - 7 * $retention_weeks AS lookback_start
 ),
-users AS (  -- one row per user seen in the lookback: their cohort, and whether active now
+seen AS (  -- each user's active days within the lookback (bit k: active on the day minus k)
     SELECT
         a.customer_id,
-        a.user_id,
-        date_trunc('week', min(a.event_date))::DATE AS cohort_week,
-        bool_or(a.event_date >= b.activity_week) AS active
-    FROM activity_window AS a, bounds AS b
-    WHERE a.event_date >= b.lookback_start AND a.event_date <= $event_date::DATE
-    GROUP BY a.customer_id, a.user_id
+        (a.active_days & ((1::UBIGINT << ($event_date::DATE - b.lookback_start + 1)) - 1))::UBIGINT
+            AS days,
+        $event_date::DATE - b.activity_week + 1 AS week_days
+    FROM user_activity AS a, bounds AS b
+),
+users AS (  -- one row per user seen in the lookback: their cohort, and whether active now
+    SELECT
+        customer_id,
+        -- the highest bit set is the earliest day seen (bit_position counts from the top bit)
+        date_trunc(
+            'week',
+            $event_date::DATE - (bit_length(days::BIT) - bit_position('1'::BIT, days::BIT))::INTEGER
+        )::DATE AS cohort_week,
+        days & ((1::UBIGINT << week_days) - 1) <> 0 AS active
+    FROM seen
+    WHERE days <> 0
 ),
 cohorts AS (
     SELECT

@@ -12,6 +12,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -26,11 +27,20 @@ from dagster import (
     ResourceParam,
     TableColumn,
     TableSchema,
+    TimeWindowPartitionMapping,
     definitions,
     multi_asset,
 )
 
 from eventplatform.defs.resources import ClickHouseResource
+from eventplatform.marts.activity import (
+    DAILY_USERS,
+    STATE_ASSETS,
+    STATE_COLUMNS,
+    STATE_TYPES,
+    USER_ACTIVITY,
+    WINDOW_DAYS,
+)
 from eventplatform.marts.build import MartBuilder, MartPartition, output_schema
 from eventplatform.marts.catalog import Mart, load_marts
 from eventplatform.settings import Settings, get_settings
@@ -61,13 +71,41 @@ def intraday_condition(settings: Settings) -> AutomationCondition:
     )
 
 
-def _column_schema(mart: Mart, types: dict[str, str] | None = None) -> TableSchema:
+def _column_schema(columns: dict[str, str], types: dict[str, str] | None = None) -> TableSchema:
     return TableSchema(
         columns=[
             TableColumn(name, (types or {}).get(name, "unknown"), description=description)
-            for name, description in mart.columns.items()
+            for name, description in columns.items()
         ]
     )
+
+
+def _state_specs(settings: Settings) -> list[AssetSpec]:
+    """The per-day user sets and the activity state the history marts read (not mirrored)."""
+    descriptions = {
+        DAILY_USERS: "The distinct (customer_id, user_id) of the day's deduplicated events: "
+        "what the activity state is rebuilt from when a day changes.",
+        USER_ACTIVITY: "Per customer and user active in the 63 days ending on the day, a bitmap "
+        "of the days they were active: yesterday's state shifted plus the day's users, so "
+        "active users and retention cost the same whatever the length of the history.",
+    }
+    window = TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1))
+    return [
+        AssetSpec(
+            key=name,
+            group_name=GROUP,
+            description=descriptions[name],
+            owners=["team:data-platform"],
+            kinds={"parquet"},
+            deps=[LAKE]
+            if name == DAILY_USERS
+            else [LAKE, AssetDep(DAILY_USERS, partition_mapping=window)],
+            partitions_def=marts_partitions(settings),
+            automation_condition=intraday_condition(settings),  # built with today's marts
+            metadata={"dagster/column_schema": _column_schema(STATE_COLUMNS[name], STATE_TYPES)},
+        )
+        for name in STATE_ASSETS
+    ]
 
 
 def _spec(settings: Settings, mart: Mart) -> AssetSpec:
@@ -79,11 +117,19 @@ def _spec(settings: Settings, mart: Mart) -> AssetSpec:
         owners=list(mart.owners),
         kinds={"duckdb", "parquet", "clickhouse"},
         # The usage mart also counts dead letters.
-        deps=[LAKE, "dead_letters"] if mart.name == "customer_usage_daily" else [LAKE],
+        deps=(
+            [LAKE, "dead_letters"]
+            if mart.name == "customer_usage_daily"
+            else [LAKE, USER_ACTIVITY]
+            if mart.reads_history
+            else [LAKE]
+        ),
         partitions_def=marts_partitions(settings),
         automation_condition=intraday_condition(settings),
         metadata={
-            "dagster/column_schema": _column_schema(mart, {f.name: str(f.type) for f in schema}),
+            "dagster/column_schema": _column_schema(
+                mart.columns, {f.name: str(f.type) for f in schema}
+            ),
             "grain": ", ".join(mart.grain),
             "sql": MetadataValue.path(str(mart.path)),
         },
@@ -121,7 +167,7 @@ def marts_asset(settings: Settings) -> AssetsDefinition:
 
     @multi_asset(
         name="marts",
-        specs=[_spec(settings, m) for m in marts_list],
+        specs=[_spec(settings, m) for m in marts_list] + _state_specs(settings),
         check_specs=[
             AssetCheckSpec(
                 CHECK,
@@ -142,7 +188,9 @@ def marts_asset(settings: Settings) -> AssetsDefinition:
         clickhouse: ClickHouseResource,
     ):
         builder = _builder(settings, clickhouse)
-        names = [k.path[-1] for k in context.selected_asset_keys]
+        selected = {k.path[-1] for k in context.selected_asset_keys}
+        # yielded in topological order: the user sets, the activity state, then the marts
+        names = [n for n in STATE_ASSETS if n in selected] + sorted(selected - set(STATE_ASSETS))
         checks = {k.asset_key.path[-1] for k in context.selected_asset_check_keys}
         if context.has_partition_key or context.has_partition_key_range:
             days = [date.fromisoformat(k) for k in context.partition_keys]
@@ -164,9 +212,14 @@ def marts_asset(settings: Settings) -> AssetsDefinition:
                     f"{part.mart} {day}: {part.rows} rows in {part.seconds:.2f}s, "
                     f"reconciled={part.reconciled}"
                 )
+        columns: dict[str, dict[str, str]] = dict(STATE_COLUMNS)
         for name in names:
+            if name in STATE_ASSETS:
+                types[name] = STATE_TYPES
+                continue
             schema = output_schema(settings, builder.by_name[name])
             types[name] = {f.name: str(f.type) for f in schema}
+            columns[name] = builder.by_name[name].columns
         for name in sorted(checks - set(names)):  # a check run alone: the stored day vs events
             parts = []
             for day in days:
@@ -184,11 +237,13 @@ def marts_asset(settings: Settings) -> AssetsDefinition:
                     **({"dagster/row_count": parts[0].rows} if len(parts) == 1 else {}),
                     "rows_per_day": MetadataValue.json({str(p.day): p.rows for p in parts}),
                     FINGERPRINTS: MetadataValue.json({str(p.day): p.fingerprint for p in parts}),
-                    "dagster/column_schema": _column_schema(builder.by_name[name], types[name]),
-                    "warehouse": f"{settings.warehouse_path} (table {name})",
+                    "dagster/column_schema": _column_schema(columns[name], types[name]),
+                    "warehouse": "not stored there (the lake's state files)"
+                    if name in STATE_ASSETS
+                    else f"{settings.warehouse_path} (table {name})",
                     "parquet": MetadataValue.path(str(parts[0].parquet_path.parent.parent)),
                     "clickhouse": f"{settings.clickhouse.database}.{name}"
-                    if settings.marts.mirror_clickhouse
+                    if settings.marts.mirror_clickhouse and name not in STATE_ASSETS
                     else "not mirrored",
                     "build_seconds": round(sum(p.seconds for p in parts), 3),
                 },

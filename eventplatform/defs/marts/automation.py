@@ -42,6 +42,7 @@ from dagster import (
 
 from eventplatform.defs.marts.assets import FINGERPRINTS, GROUP, catalog
 from eventplatform.defs.resources import LakeResource
+from eventplatform.marts.activity import DAILY_USERS, USER_ACTIVITY
 from eventplatform.settings import Settings, get_settings
 
 MARTS_RUN_TAGS = {"eventplatform/marts": "build"}  # dagster.yaml: one such run at a time
@@ -106,17 +107,19 @@ def stale_partitions(
         if day < first:
             continue
         key = day.isoformat()
-        for mart in catalog(settings):
+        readers = [(m.name, m.reads_history) for m in catalog(settings)]
+        readers += [(DAILY_USERS, False), (USER_ACTIVITY, True)]
+        for name, reads_history in readers:
             records = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey(mart.name), asset_partitions=[key]), limit=1
+                AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[key]), limit=1
             ).records
             if not records or records[0].asset_materialization is None:
                 continue
             recorded = records[0].asset_materialization.metadata.get(FINGERPRINTS)
             seen = (recorded.value or {}).get(key) if recorded is not None else None
-            current = scanner.fingerprint(day, mart.reads_history, weeks)
+            current = scanner.fingerprint(day, reads_history, weeks)
             if seen != current:
-                stale.setdefault(key, {})[mart.name] = current
+                stale.setdefault(key, {})[name] = current
     return stale
 
 

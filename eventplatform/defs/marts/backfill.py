@@ -8,6 +8,7 @@ from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materiali
 
 from eventplatform.defs.marts.assets import CHECK, catalog, marts_asset
 from eventplatform.defs.resources import platform_resources
+from eventplatform.marts.activity import STATE_ASSETS
 from eventplatform.marts.backfill import BackfillRun, BuiltPartition, FailedCheck
 from eventplatform.settings import Settings, get_settings
 
@@ -32,7 +33,8 @@ def materialize_range(
 
         os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
         instance = DagsterInstance.get()
-    keys = [AssetKey(n) for n in (names or [m.name for m in catalog(settings)])]
+    everything = [*STATE_ASSETS, *(m.name for m in catalog(settings))]
+    keys = [AssetKey(n) for n in (names or everything)]
     return materialize(
         [marts_asset(settings)],
         instance=instance,
