@@ -114,9 +114,9 @@ def measure(n: int, runs: int, now: datetime) -> dict[str, float]:
         backfill = time.perf_counter() - started
 
         def refresh(read=read_spend) -> None:  # as BudgetController.refresh: one session
-            with ch.session() as client:
-                campaigns = read_campaigns(ch, client)
-                spend = read(ch, now, client)
+            with ch.session():
+                campaigns = read_campaigns(ch)
+                spend = read(ch, now)
             campaign_states(campaigns, spend, now)
 
         def engine_open() -> None:

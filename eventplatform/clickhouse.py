@@ -80,15 +80,6 @@ class ClickHouse:
                 client.close()
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
-    @contextmanager
-    def reusing(self, client: Client | None) -> Iterator[Client]:
-        """``client`` if given (the caller's unit of work goes on), else a new session."""
-        if client is not None:
-            yield client
-            return
-        with self.session() as opened:
-            yield opened
-
     def insert_arrow(
         self, client: Client, table: str, data: pa.Table, settings: dict[str, str] | None = None
     ) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from clickhouse_connect.driver.client import Client
-
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.collect.customers import CUSTOMER_ID
 
@@ -193,9 +191,9 @@ def load_campaigns(clickhouse: ClickHouse, campaigns: list[Campaign]) -> int:
     return len(rows)
 
 
-def read_campaigns(clickhouse: ClickHouse, client: Client | None = None) -> list[Campaign]:
-    """Every campaign (in ``client``'s session when given: a refresh opens one)."""
-    with clickhouse.reusing(client) as client:
+def read_campaigns(clickhouse: ClickHouse) -> list[Campaign]:
+    """Every campaign (in the caller's session, if any: a refresh holds one)."""
+    with clickhouse.session() as client:
         result = client.query(
             "SELECT campaign_id, advertiser, owner, total_budget, daily_budget, currency, "
             f"start_date, end_date, timezone FROM {clickhouse.database}.campaigns FINAL "

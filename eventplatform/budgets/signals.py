@@ -82,9 +82,9 @@ class BudgetController:
     def refresh(self, now: datetime | None = None) -> tuple[list[CampaignState], list[dict]]:
         """Statuses now, and the signals sent (only changes; an active new campaign: none)."""
         now = now or datetime.now(UTC)
-        with self.clickhouse.session() as client:  # one engine open (embedded) for both
-            campaigns = read_campaigns(self.clickhouse, client)
-            spend = read_spend(self.clickhouse, now, client)
+        with self.clickhouse.session():  # one engine open (embedded) for both reads
+            campaigns = read_campaigns(self.clickhouse)
+            spend = read_spend(self.clickhouse, now)
         states = campaign_states(campaigns, spend, now)
         last = self._last_signals()
         signals = []

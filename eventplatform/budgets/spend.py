@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from clickhouse_connect.driver.client import Client
-
 from eventplatform.budgets.campaigns import Campaign
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.land.spend import first_landed_cost_events, is_backfilled
@@ -48,19 +46,17 @@ class CampaignSpend:
 NO_SPEND = CampaignSpend(0.0, ())
 
 
-def read_spend(
-    clickhouse: ClickHouse, now: datetime, client: Client | None = None
-) -> dict[str, CampaignSpend]:
+def read_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
     """Spend per campaign id, counting only the events of the campaign's owner, from the
     incremental rollup (``land/spend.py``): a few rows per campaign, whatever the history."""
     db = clickhouse.database
     owned = f"(customer_id, campaign_id) IN (SELECT owner, campaign_id FROM {db}.campaigns FINAL)"
     recent = now - timedelta(hours=50)  # covers "today" in every time zone
-    with clickhouse.reusing(client) as client:
+    with clickhouse.session() as client:  # nests in the caller's session, if any
         if not is_backfilled(client, db):
             # Landed before the rollup existed: the first landing batch backfills it (under
             # the landing's serialization); until then, the recompute is the answer.
-            return recompute_spend(clickhouse, now, client)
+            return recompute_spend(clickhouse, now)
         totals = client.query(
             f"SELECT campaign_id, sum(cost) FROM {db}.spend WHERE kind = 'total' AND {owned} "
             "GROUP BY campaign_id"
@@ -73,9 +69,7 @@ def read_spend(
     return _spend_by_campaign(totals, buckets)
 
 
-def recompute_spend(
-    clickhouse: ClickHouse, now: datetime, client: Client | None = None
-) -> dict[str, CampaignSpend]:
+def recompute_spend(clickhouse: ClickHouse, now: datetime) -> dict[str, CampaignSpend]:
     """The same as ``read_spend``, recomputed from every landed cost event: the reference
     that the rollup must equal (tests, ``spend_drift``), and the cost it saves."""
     db = clickhouse.database
@@ -89,7 +83,7 @@ def recompute_spend(
         f"FROM ({first_landed_cost_events(db, owned)})"
     )
     recent = now - timedelta(hours=50)
-    with clickhouse.reusing(client) as client:
+    with clickhouse.session() as client:
         totals = client.query(
             f"SELECT campaign_id, sum(event_cost) FROM ({deduplicated}) GROUP BY campaign_id"
         ).result_rows
