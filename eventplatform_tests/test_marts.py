@@ -345,3 +345,25 @@ def test_tables_carry_the_descriptions_in_both_engines(
             parameters={"db": clickhouse.database},
         ).result_rows
     assert rows == [(ctr,)]
+
+
+def test_event_bytes_count_what_was_sent_the_same_per_row_and_per_column() -> None:
+    """Usage bytes leave out Kafka's and the enrichment's columns, in the per-row expression
+    (the reconciliation) and in the per-column sums (the mart) alike."""
+    from eventplatform.events.arrow import ENRICHED_FIELDS
+    from eventplatform.marts.build import event_bytes_sql, event_bytes_sum_sql
+
+    schema = landed_schema()
+    rows = [{f.name: None for f in schema} for _ in range(3)]
+    for i, row in enumerate(rows):
+        row.update(customer_id=f"c{i}", event_id=f"e{i}", event_type="page_view")
+        for f in ENRICHED_FIELDS:  # enriched values must not count
+            if pa.types.is_string(f.type):
+                row[f.name] = "x" * 50
+    table = pa.Table.from_pylist(rows, schema=schema)
+    con = duckdb.connect()
+    con.register("t", table)
+    per_row = con.execute(f"SELECT sum({event_bytes_sql()}) FROM t").fetchone()[0]
+    per_column = con.execute(f"SELECT {event_bytes_sum_sql()} FROM t").fetchone()[0]
+    sent = sum(len(r["customer_id"]) + len(r["event_id"]) + len("page_view") for r in rows)
+    assert per_row == per_column == sent

@@ -58,13 +58,16 @@ MARTS_DIR = "marts"
 _FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
 
 
+def _sent_fields() -> list[pa.Field]:
+    """The landed fields a customer sent: all but Kafka's and the enrichment's."""
+    added = {f.name for f in KAFKA_FIELDS} | {f.name for f in ENRICHED_FIELDS}
+    return [f for f in landed_schema() if f.name not in added]
+
+
 def event_bytes_sql() -> str:
-    """The landed row's uncompressed size, from the contract (every field but Kafka's)."""
-    kafka = {f.name for f in KAFKA_FIELDS} | {f.name for f in ENRICHED_FIELDS}  # not sent
+    """The landed row's uncompressed size, from the contract (the fields sent)."""
     terms = []
-    for f in landed_schema():
-        if f.name in kafka:
-            continue
+    for f in _sent_fields():
         if pa.types.is_string(f.type):
             terms.append(f'coalesce(strlen("{f.name}"), 0)')
         else:
@@ -76,11 +79,8 @@ def event_bytes_sql() -> str:
 def event_bytes_sum_sql() -> str:
     """``sum(event_bytes)`` as one aggregate per column (exactly the same total): far cheaper
     than the row expression, for a mart that sums the bytes of many rows."""
-    kafka = {f.name for f in KAFKA_FIELDS}
     terms = []
-    for f in landed_schema():
-        if f.name in kafka:
-            continue
+    for f in _sent_fields():
         if pa.types.is_string(f.type):
             terms.append(f'coalesce(sum(strlen("{f.name}")), 0)')
         else:
