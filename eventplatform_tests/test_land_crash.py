@@ -60,9 +60,10 @@ def produce_steadily(settings: Settings, done: threading.Event, sent: list[str])
 
 
 def lander_process(
-    crash_at: str | None, idle_stop_s: int = 30, **env_vars: str
+    crash_at: str | None, idle_stop_s: int = 30, shard: int = 0, **env_vars: str
 ) -> subprocess.Popen:
-    """`eventplatform land` of the one raw shard (small batches unless ``env_vars`` say)."""
+    """`eventplatform land --shard N` of events.raw: its one shard unless ``env_vars`` set
+    EP_LAND_RAW_SHARDS, in small batches unless they say otherwise."""
     env = {
         **os.environ,
         "EP_LAND_RAW_SHARDS": "1",
@@ -78,6 +79,8 @@ def lander_process(
             "-m",
             "eventplatform.cli",
             "land",
+            "--shard",
+            str(shard),
             "--idle-stop",
             str(idle_stop_s),
             "--quiet",

@@ -7,10 +7,8 @@ recompute from the landed events (``spend_drift``), the reconciliation that guar
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from eventplatform.land.sources import build_lander
 from eventplatform.land.spend import ensure_backfilled, is_backfilled, record_spend
 from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.helpers import decoded_event, land_rows
+from eventplatform_tests.test_land_crash import lander_process
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 HEADER = "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,timezone,owner\n"
@@ -58,23 +57,13 @@ def totals(clickhouse: ClickHouse) -> dict[str, float]:
 
 def land_process(shard: int, crash_at: str | None, env: dict[str, str]) -> subprocess.Popen:
     """`eventplatform land --shard N` of a 2-shard events.raw, in small batches."""
-    full = {
-        **os.environ,
-        "EP_LAND_RAW_SHARDS": "2",
-        "EP_LAND_BATCH_MAX_RECORDS": "40",
-        "EP_LAND_BATCH_MAX_WAIT_S": "0.2",
+    return lander_process(
+        crash_at,
+        idle_stop_s=5,
+        shard=shard,
+        EP_LAND_RAW_SHARDS="2",
+        EP_LAND_BATCH_MAX_RECORDS="40",
         **env,
-    }
-    if crash_at:
-        full["EP_LAND_CRASH_AT"] = crash_at
-    command = [sys.executable, "-m", "eventplatform.cli", "land", "--shard", str(shard)]
-    return subprocess.Popen(
-        [*command, "--idle-stop", "5", "--quiet"],
-        cwd=REPO_ROOT,
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
 
 
