@@ -408,7 +408,8 @@ def test_old_and_new_lake_files_and_clickhouse_rows_are_read_together(mart_env: 
         ("o2", None, None),
     ]
 
-    # The marts: bots left out; the old rows count, the sessions mart reconciles.
+    # The marts: bots left out of the sessions, counted in usage (billed); the old rows count,
+    # both marts reconcile.
     builder = MartBuilder(
         mart_env,
         [
@@ -427,7 +428,7 @@ def test_old_and_new_lake_files_and_clickhouse_rows_are_read_together(mart_env: 
             "FROM sessions_daily ORDER BY session_key"
         ).fetchall()
         usage = con.sql("SELECT sum(events) FROM customer_usage_daily").fetchall()
-    assert usage == [(5,)]  # the bot's event is not counted
+    assert usage == [(6,)]  # what was sent is billed, the bot's event too
     assert sessions == [
         ("u1#1", 3, 3, None, None, None, "https://shop.example/"),  # 10:00-10:02
         ("u1#2", 2, 2, "GB", "mobile", "news", "https://shop.example/?utm_source=news"),

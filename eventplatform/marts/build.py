@@ -206,7 +206,10 @@ class MartBuilder:
         return con
 
     def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> None:
-        day_events(con, day, self.settings.kafka.overflow_topic, self.settings.marts.include_bots)
+        overflow = self.settings.kafka.overflow_topic
+        day_events(con, day, overflow, self.settings.marts.include_bots)
+        # What a customer is billed for is everything it sent, bots too (customer_usage_daily)
+        day_events(con, day, overflow, include_bots=True, name="billed_events")
         if day.dead_letters:
             con.execute(
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "

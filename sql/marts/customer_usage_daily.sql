@@ -3,7 +3,7 @@
 --   and watches. Events counted once (deduplicated by customer_id and event_id), the
 --   duplicates dropped, how many came through the overflow topic (over quota), their size,
 --   and dead letters (events.dlq, by the day they were dead-lettered) in rows whose
---   event_type is '(dead letter)'.
+--   event_type is '(dead letter)'. Bots count: a customer is billed for what it sent.
 -- owners: team:data-platform, team:billing
 -- grain: event_date, customer_id, event_type
 -- column event_date: Day of the events (event_ts, UTC), or of the dead letters (dead_ts, UTC).
@@ -19,14 +19,14 @@
 --   8 per number or timestamp, 4 per 32-bit integer, 1 per boolean); for dead letters, the
 --   bytes of the original message.
 -- column users: Distinct user_id among the events.
--- reconcile: sum(events) == (SELECT count(*) FROM events)
--- reconcile: sum(events) == (SELECT count(DISTINCT (customer_id, event_id)) FROM events_raw)
--- reconcile: sum(events + duplicates_dropped) == (SELECT count(*) FROM events_raw)
--- reconcile: sum(overflow_events) == (SELECT count(*) FROM events WHERE is_overflow)
+-- reconcile: sum(events) == (SELECT count(*) FROM billed_events)
+-- reconcile: sum(events) == (SELECT count(DISTINCT (customer_id, event_id)) FROM billed_events_raw)
+-- reconcile: sum(events + duplicates_dropped) == (SELECT count(*) FROM billed_events_raw)
+-- reconcile: sum(overflow_events) == (SELECT count(*) FROM billed_events WHERE is_overflow)
 -- reconcile: sum(dead_letters) == (SELECT count(*) FROM dead_letters)
 WITH landed AS (
     SELECT customer_id, event_type, count(*) AS landed_rows
-    FROM events_raw
+    FROM billed_events_raw
     GROUP BY ALL
 ),
 counted AS (
@@ -37,7 +37,7 @@ counted AS (
         count(*) FILTER (WHERE is_overflow) AS overflow_events,
         sum_event_bytes() AS bytes,  -- sum(event_bytes), one aggregate per column
         count(DISTINCT user_id) AS users
-    FROM events
+    FROM billed_events
     GROUP BY ALL
 ),
 dead AS (
