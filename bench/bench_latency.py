@@ -206,7 +206,7 @@ def main() -> None:
             "EP_LAND_RAW_SHARDS": str(args.shards),
             "EP_LAND_IDLE_STOP_S": "5",
             # One run per shard for the whole bench (no sensor here to start the next one).
-            "EP_LAND_MAX_BATCHES_EMBEDDED": "0",
+            "EP_LAND_MAX_OPENS_EMBEDDED": "0",
         }
         landers = [
             subprocess.Popen(

@@ -70,7 +70,7 @@ def land(bootstrap: str, tmp: Path, shards: int, tag: str) -> dict[str, float]:
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "EP_LAND_RAW_SHARDS": str(shards),
         "EP_LAND_GROUP_ID": f"scaling-{tag}",
-        "EP_LAND_MAX_BATCHES_EMBEDDED": "0",  # one run per shard, as bench_latency does
+        "EP_LAND_MAX_OPENS_EMBEDDED": "0",  # one run per shard, as bench_latency does
     }
     children = [
         subprocess.Popen(

@@ -3,8 +3,13 @@
 The embedded engine keeps its data in one folder that only one process may have open at a
 time, and the platform is several processes (collector, landing runs, Dagster runs, the
 CLI). So with a ``chdb://`` DSN each unit of work opens the engine under an inter-process
-file lock and closes it after (about 45 ms). With an ``http(s)://`` DSN (a server or cluster)
-the client is opened once and kept; there is no lock.
+file lock and closes it after (50-150 ms, more as parts accumulate). A process that works
+continuously (a landing run) takes a :meth:`ClickHouse.lease` instead: the engine stays open
+across its units of work, and :meth:`ClickHouse.renew` between them hands it over only when
+another process is waiting for it. Waiters say so by holding a shared lock on
+``<folder>.want`` while they wait for ``<folder>.lock``.
+With an ``http(s)://`` DSN (a server or cluster) the client is opened once and kept; there is
+no lock, and a lease is a no-op.
 """
 
 from __future__ import annotations
@@ -48,10 +53,14 @@ class ClickHouse:
         # work made of several steps opens the engine once (each open costs 50-150 ms, more
         # as parts accumulate)
         self._held = threading.local()
+        self._leased: _Open | None = None  # the engine a lease keeps open, for every thread
+        self._lease_depth = 0
+        self.opens = 0  # times this instance opened the embedded engine
         if self.embedded:
             path = Path(dsn.removeprefix("chdb://"))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_path = path.with_name(path.name + ".lock")
+            self._want_path = path.with_name(path.name + ".want")
 
     @contextmanager
     def session(self) -> Iterator[Client]:
@@ -69,16 +78,78 @@ class ClickHouse:
         if held is not None:  # nested in this thread's open session: the same engine handle
             yield held
             return
-        with self._thread_lock, open(self._lock_path, "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            client = clickhouse_connect.get_client(dsn=self.dsn)
-            self._held.client = client
+        with self._thread_lock:
+            if self._lease_depth and self._leased is None:
+                self._leased = self._open()  # kept open until the lease ends or hands over
+            engine = self._leased if self._leased is not None else self._open()
+            self._held.client = engine.client
             try:
-                yield client
+                yield engine.client
             finally:
                 self._held.client = None
-                client.close()
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+                if engine is not self._leased:
+                    engine.close()
+
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Keep the embedded engine open for every session of this process (any thread) until
+        the lease ends, instead of opening it per session. For a process that works without
+        pause; call :meth:`renew` between its units of work so that others get their turn.
+        Leases nest; a no-op with a server DSN."""
+        if not self.embedded:
+            yield
+            return
+        with self._thread_lock:
+            self._lease_depth += 1
+        try:
+            yield
+        finally:
+            with self._thread_lock:
+                self._lease_depth -= 1
+                if self._lease_depth == 0 and self._leased is not None:
+                    self._leased.close()
+                    self._leased = None
+
+    def renew(self) -> None:
+        """Between units of work under a lease: hand the engine over when another process
+        waits for it (close it; the next session reopens it once the other is done). A waiter
+        waits at most one unit of work; the leaseholder pays one reopen per handover, as it
+        paid one per unit of work without the lease."""
+        if not self.embedded or self._lease_depth == 0:
+            return
+        with self._thread_lock:
+            if self._leased is not None and self._others_waiting():
+                self._leased.close()
+                self._leased = None
+
+    def _open(self) -> _Open:
+        """The engine under the inter-process lock, announced on ``.want`` while waiting."""
+        with open(self._want_path, "a") as want:
+            fcntl.flock(want, fcntl.LOCK_SH)  # "someone waits", for a leaseholder's renew()
+            lock_file = open(self._lock_path, "a")  # noqa: SIM115 (closed by _Open.close)
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+            except BaseException:
+                lock_file.close()
+                raise
+            # the shared lock on .want ends with the with block: nobody waits any more
+        try:
+            client = clickhouse_connect.get_client(dsn=self.dsn)
+        except BaseException:
+            lock_file.close()  # closing the file releases the lock
+            raise
+        self.opens += 1
+        return _Open(client, lock_file)
+
+    def _others_waiting(self) -> bool:
+        """Another process holds ``.want``'s shared lock: it waits for the engine."""
+        with open(self._want_path, "a") as want:
+            try:
+                fcntl.flock(want, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(want, fcntl.LOCK_UN)
+            return False
 
     def insert_arrow(
         self, client: Client, table: str, data: pa.Table, settings: dict[str, str] | None = None
@@ -107,6 +178,21 @@ class ClickHouse:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _Open:
+    """An open embedded engine and the inter-process lock held for it."""
+
+    def __init__(self, client: Client, lock_file) -> None:
+        self.client = client
+        self.lock_file = lock_file
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
+            self.lock_file.close()
 
 
 def configure_engine_allocator(malloc_conf: str) -> None:

@@ -323,12 +323,14 @@ class LandSettings(BaseSettings):
     max_run_s: float = Field(
         default=3600.0, description="A landing run ends after this long; the sensor starts another."
     )
-    max_batches_embedded: int = Field(
+    max_opens_embedded: int = Field(
         default=200,
-        description="With the embedded engine a landing run ends after this many batches, and "
-        "the sensor starts another: chdb 4.4 keeps threads and memory behind each time the "
-        "engine is opened (once a batch), and only the process's end gives them back. "
-        "0: no limit. A server DSN has none.",
+        description="With the embedded engine a landing run ends after opening it this many "
+        "times, and the sensor starts another: chdb 4.4 keeps threads and memory behind each "
+        "time the engine is opened, and only the process's end gives them back. A run keeps "
+        "the engine open across its batches and reopens it only after handing it to another "
+        "process that waits (a second shard, a Dagster run, the CLI). 0: no limit. A server "
+        "DSN has none.",
     )
     consumer_queue_kbytes: int = Field(
         default=32 * 1024, description="librdkafka's prefetch queue bound (memory)."
@@ -346,7 +348,8 @@ class LandSettings(BaseSettings):
         default=5.0,
         description="A landing run records its batches as one materialization per asset this "
         "often (with every batch's offsets), not one per sub-second batch: the event log "
-        "grows by the interval, not by the batch rate. 0: one per batch.",
+        "grows by the interval, not by the batch rate. The budget controller's observation of "
+        "campaign_budgets is as often, or at once when it sends signals. 0: one per batch.",
     )
     compact_interval_s: int = Field(
         default=300, description="How often the lake_compaction sensor starts a compaction run."

@@ -42,7 +42,7 @@ from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_producer
 from eventplatform.postgres import LocalPostgres, PostgresConfig, PostgresError
 from eventplatform.runner import instance_config, prepare_dagster_home
-from eventplatform.settings import REPO_ROOT, Settings
+from eventplatform.settings import REPO_ROOT, Settings, get_settings
 from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count
 
@@ -167,9 +167,13 @@ def test_local_server_restarts_with_its_data_and_says_why_it_cannot_start(
 def test_sensor_landing_run_and_materializations_on_postgres(
     topics: Settings, postgres_server: LocalPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = topics  # what the reconstructed job's resources are made from (get_settings())
-    settings.land.raw_shards = 2
+    # The reconstructed job's resources come from get_settings(), which the variables below
+    # make anew (with the defaults' 60 s idle stop, each of the two runs would idle a minute).
+    monkeypatch.setenv("EP_LAND_IDLE_STOP_S", str(topics.land.idle_stop_s))
+    monkeypatch.setenv("EP_LAND_RAW_SHARDS", "2")
     home = prepare_dagster_home(use_server(monkeypatch, postgres_server))
+    settings = get_settings()
+    assert settings.kafka.raw_topic == topics.kafka.raw_topic  # this test's own topics
     producer = make_producer(settings.kafka.bootstrap)
     codec = EventCodec()
     now = datetime.now(UTC)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
 from confluent_kafka import TopicPartition
 
-from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.clickhouse import ClickHouse, platform_clickhouse
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_consumer, make_producer
 from eventplatform.kafka.dlq import parse_dead_letter
@@ -107,21 +109,60 @@ def test_lands_what_was_produced_in_the_lake_and_clickhouse(topics: Settings) ->
     assert land_all(settings) == []
 
 
-def test_a_run_on_the_embedded_engine_ends_after_its_batch_limit_and_the_next_goes_on(
-    topics: Settings,
-) -> None:
+def test_a_run_keeps_the_embedded_engine_open_across_its_batches(topics: Settings) -> None:
     settings = topics
     settings.land.raw_shards = 1
     settings.land.batch_max_records = 40
-    settings.land.max_batches_embedded = 2
-    sent = produce_events(settings, 200)
-    summaries = [build_lander(settings, "raw", 0).run() for _ in range(3)]
-    assert [s.rows for s in summaries] == [80, 80, 40]
-    assert [s.batches for s in summaries] == [2, 2, 1]
-    assert summaries[0].stopped_because.startswith("2 batches (max_batches_embedded")
-    assert summaries[2].stopped_because.startswith("idle")
+    produce_events(settings, 200)
+    summary = build_lander(settings, "raw", 0).run()
+    assert (summary.rows, summary.batches, summary.engine_opens) == (200, 5, 1)
     ch = clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events")
-    assert ch == [(200, 200)] and len(lake_rows(settings)) == len(sent)
+    assert ch == [(200, 200)]
+
+
+def test_a_run_hands_the_engine_over_to_whoever_waits_and_ends_after_its_open_limit(
+    topics: Settings,
+) -> None:
+    """Another process's query (here a second ClickHouse instance: its own inter-process lock)
+    gets the engine between two batches; the run reopens it, and ends at its open limit."""
+    settings = topics
+    settings.land.raw_shards = 1
+    settings.land.batch_max_records = 40
+    settings.land.max_opens_embedded = 2
+    produce_events(settings, 200)
+    other = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    seen: list[int] = []
+
+    reader_waiting: list[bool] = []
+    threads: list[threading.Thread] = []
+
+    def query_while_the_lander_holds_the_engine(report: BatchReport) -> None:
+        if threads:
+            return
+        reader = threading.Thread(target=lambda: seen.append(_count_events(other)))
+        reader.start()
+        deadline = time.monotonic() + 30
+        while not other._others_waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the reader waits for the engine
+        reader_waiting.append(other._others_waiting())
+        threads.append(reader)
+
+    first = build_lander(settings, "raw", 0).run(on_batch=query_while_the_lander_holds_the_engine)
+    for thread in threads:
+        thread.join(30)
+    assert reader_waiting == [True]
+    assert seen == [40]  # the reader had the engine after the first batch, before the second
+    assert (first.rows, first.batches, first.engine_opens) == (80, 2, 2)
+    assert first.stopped_because.startswith("2 engine opens (max_opens_embedded")
+    rest = build_lander(settings, "raw", 0).run()
+    assert (rest.rows, rest.engine_opens) == (120, 1) and rest.stopped_because.startswith("idle")
+    ch = clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events")
+    assert ch == [(200, 200)] and len(lake_rows(settings)) == 200
+
+
+def _count_events(clickhouse: ClickHouse) -> int:
+    with clickhouse.session() as client:
+        return int(client.command(f"SELECT count() FROM {clickhouse.database}.events"))
 
 
 def test_poison_messages_go_to_the_dlq_and_the_batch_goes_on(topics: Settings) -> None:

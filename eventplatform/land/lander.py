@@ -155,8 +155,13 @@ class ShardLander:
         self.log = log
         summary = RunSummary()
         try:
-            with self.sinks:  # on the way out, waits for an insert in flight
-                return self._loop(consumer, producer, on_batch, should_stop, summary)
+            # The embedded engine stays open across the run's batches (handed over between
+            # batches when another process waits); the sinks wait for an insert in flight.
+            with self.clickhouse.lease(), self.sinks:
+                opens_at_start = self.clickhouse.opens
+                summary = self._loop(consumer, producer, on_batch, should_stop, summary)
+                summary.engine_opens = self.clickhouse.opens - opens_at_start
+                return summary
         finally:
             consumer.close()
 
@@ -178,7 +183,9 @@ class ShardLander:
         self._recover(consumer, producer, summary, on_batch)
         starts = self._committed_positions(consumer)
         consumer.assign(starts)
+        opens_at_start = self.clickhouse.opens
         while True:
+            self.clickhouse.renew()  # between batches: another process may want the engine
             if should_stop():
                 summary.stopped_because = "asked to stop"
                 break
@@ -199,10 +206,10 @@ class ShardLander:
             first_collect = first_collect or collecting
             self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
             summary.busy_s = time.monotonic() - first_collect
-            limit = s.max_batches_embedded if self.clickhouse.embedded else 0
-            if limit and summary.batches >= limit:
+            limit = s.max_opens_embedded if self.clickhouse.embedded else 0
+            if limit and self.clickhouse.opens - opens_at_start >= limit:
                 summary.stopped_because = (
-                    f"{limit} batches (max_batches_embedded: chdb leaks a little per open)"
+                    f"{limit} engine opens (max_opens_embedded: chdb leaks a little per open)"
                 )
                 break
         return summary

@@ -146,6 +146,7 @@ class RunSummary:
     replayed_batches: int = 0
     busy_s: float = 0.0  # from the first batch's collection to the last batch's commit
     stopped_because: str = ""
+    engine_opens: int = 0  # times the run opened the embedded engine (1 unless handed over)
     reports: list[BatchReport] = field(default_factory=list, repr=False)
 
     def add(self, report: BatchReport) -> None:

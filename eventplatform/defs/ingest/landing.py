@@ -179,6 +179,7 @@ def land_shard(
     asset_keys = [AssetKey.from_user_string(key) for key in updates]  # "a/b" is ["a", "b"]
 
     window = ReportWindow(settings.land.report_every_s)
+    observed_at = -float("inf")  # the last campaign_budgets observation
 
     def record(report: BatchReport | None) -> None:
         if report is None:
@@ -189,14 +190,18 @@ def land_shard(
 
     def on_batch(report: BatchReport) -> None:
         record(window.add(report))  # sub-second batches: one record per report_every_s
+        nonlocal observed_at
         if controller is not None and report.cost_events:
             states, signals = controller.refresh()
-            # The controller ran: the UI shows it on campaign_budgets (an observation).
-            context.log_event(
-                AssetObservation(
-                    asset_key="campaign_budgets", metadata=budget_metadata(states, signals)
+            # The controller ran: the UI shows it on campaign_budgets (an observation), at
+            # once when it sent signals, else once per report_every_s, as the batches are.
+            if signals or time.monotonic() - observed_at >= settings.land.report_every_s:
+                observed_at = time.monotonic()
+                context.log_event(
+                    AssetObservation(
+                        asset_key="campaign_budgets", metadata=budget_metadata(states, signals)
+                    )
                 )
-            )
             for s in signals:
                 context.log.info(f"campaign {s['campaign_id']}: {s['action']} ({s['reason']})")
 
