@@ -48,19 +48,16 @@ class ClickHouse:
         if self.embedded and engine_malloc_conf:
             configure_engine_allocator(engine_malloc_conf)
         self._client: Client | None = None
-        self._thread_lock = threading.Lock()  # one engine handle per process at a time, too
-        # the open embedded session of this thread: a nested session() reuses it, so a unit of
-        # work made of several steps opens the engine once (each open costs 50-150 ms, more
-        # as parts accumulate)
-        self._held = threading.local()
-        self._leased: _Open | None = None  # the engine a lease keeps open, for every thread
-        self._lease_depth = 0
-        self.opens = 0  # times this instance opened the embedded engine
+        self._client_lock = threading.Lock()
         if self.embedded:
             path = Path(dsn.removeprefix("chdb://"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_path = path.with_name(path.name + ".lock")
-            self._want_path = path.with_name(path.name + ".want")
+            self._engine = _EngineSlot.of(path)
+
+    @property
+    def opens(self) -> int:
+        """Times this process opened the embedded engine of this folder."""
+        return self._engine.opens if self.embedded else 0
 
     @contextmanager
     def session(self) -> Iterator[Client]:
@@ -69,87 +66,33 @@ class ClickHouse:
         Sessions nest: inside an open one, ``session()`` in the same thread yields the same
         client, so a caller can hold the engine across several steps that each ask for one."""
         if not self.embedded:
-            with self._thread_lock:
+            with self._client_lock:
                 if self._client is None:
                     self._client = clickhouse_connect.get_client(dsn=self.dsn)
             yield self._client
             return
-        held = getattr(self._held, "client", None)
-        if held is not None:  # nested in this thread's open session: the same engine handle
-            yield held
-            return
-        with self._thread_lock:
-            if self._lease_depth and self._leased is None:
-                self._leased = self._open()  # kept open until the lease ends or hands over
-            engine = self._leased if self._leased is not None else self._open()
-            self._held.client = engine.client
-            try:
-                yield engine.client
-            finally:
-                self._held.client = None
-                if engine is not self._leased:
-                    engine.close()
+        with self._engine.session() as client:
+            yield client
 
     @contextmanager
     def lease(self) -> Iterator[None]:
-        """Keep the embedded engine open for every session of this process (any thread) until
-        the lease ends, instead of opening it per session. For a process that works without
-        pause; call :meth:`renew` between its units of work so that others get their turn.
-        Leases nest; a no-op with a server DSN."""
+        """Keep the embedded engine open for every session of this process (any thread, any
+        ``ClickHouse`` of the folder) until the lease ends, instead of opening it per session.
+        For a process that works without pause; call :meth:`renew` between its units of work
+        so that other processes get their turn. Leases nest; a no-op with a server DSN."""
         if not self.embedded:
             yield
             return
-        with self._thread_lock:
-            self._lease_depth += 1
-        try:
+        with self._engine.lease():
             yield
-        finally:
-            with self._thread_lock:
-                self._lease_depth -= 1
-                if self._lease_depth == 0 and self._leased is not None:
-                    self._leased.close()
-                    self._leased = None
 
     def renew(self) -> None:
         """Between units of work under a lease: hand the engine over when another process
         waits for it (close it; the next session reopens it once the other is done). A waiter
         waits at most one unit of work; the leaseholder pays one reopen per handover, as it
         paid one per unit of work without the lease."""
-        if not self.embedded or self._lease_depth == 0:
-            return
-        with self._thread_lock:
-            if self._leased is not None and self._others_waiting():
-                self._leased.close()
-                self._leased = None
-
-    def _open(self) -> _Open:
-        """The engine under the inter-process lock, announced on ``.want`` while waiting."""
-        with open(self._want_path, "a") as want:
-            fcntl.flock(want, fcntl.LOCK_SH)  # "someone waits", for a leaseholder's renew()
-            lock_file = open(self._lock_path, "a")  # noqa: SIM115 (closed by _Open.close)
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-            except BaseException:
-                lock_file.close()
-                raise
-            # the shared lock on .want ends with the with block: nobody waits any more
-        try:
-            client = clickhouse_connect.get_client(dsn=self.dsn)
-        except BaseException:
-            lock_file.close()  # closing the file releases the lock
-            raise
-        self.opens += 1
-        return _Open(client, lock_file)
-
-    def _others_waiting(self) -> bool:
-        """Another process holds ``.want``'s shared lock: it waits for the engine."""
-        with open(self._want_path, "a") as want:
-            try:
-                fcntl.flock(want, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(want, fcntl.LOCK_UN)
-            return False
+        if self.embedded:
+            self._engine.renew()
 
     def insert_arrow(
         self, client: Client, table: str, data: pa.Table, settings: dict[str, str] | None = None
@@ -178,6 +121,105 @@ class ClickHouse:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _EngineSlot:
+    """The embedded engine of one folder, for the whole process: every ``ClickHouse`` of the
+    folder shares it, so that a lease held through one instance serves sessions asked of
+    another (chdb has one engine per process; two instances locking each other out of it in
+    one thread would deadlock)."""
+
+    _slots: dict[Path, _EngineSlot] = {}
+    _slots_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, path: Path) -> _EngineSlot:
+        with cls._slots_lock:
+            key = path.resolve()
+            if key not in cls._slots:
+                cls._slots[key] = cls(key)
+            return cls._slots[key]
+
+    def __init__(self, path: Path) -> None:
+        self.dsn = f"chdb://{path}"
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.want_path = path.with_name(path.name + ".want")
+        self.thread_lock = threading.Lock()  # one session of the process at a time
+        # the open session of this thread: a nested session() reuses it, so a unit of work
+        # made of several steps opens the engine once (each open costs 50-150 ms, more as
+        # parts accumulate)
+        self.held = threading.local()
+        self.leased: _Open | None = None  # the engine a lease keeps open, for every thread
+        self.lease_depth = 0
+        self.opens = 0
+
+    @contextmanager
+    def session(self) -> Iterator[Client]:
+        held = getattr(self.held, "client", None)
+        if held is not None:  # nested in this thread's open session: the same engine handle
+            yield held
+            return
+        with self.thread_lock:
+            if self.lease_depth and self.leased is None:
+                self.leased = self._open()  # kept open until the lease ends or hands over
+            engine = self.leased if self.leased is not None else self._open()
+            self.held.client = engine.client
+            try:
+                yield engine.client
+            finally:
+                self.held.client = None
+                if engine is not self.leased:
+                    engine.close()
+
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        with self.thread_lock:
+            self.lease_depth += 1
+        try:
+            yield
+        finally:
+            with self.thread_lock:
+                self.lease_depth -= 1
+                if self.lease_depth == 0 and self.leased is not None:
+                    self.leased.close()
+                    self.leased = None
+
+    def renew(self) -> None:
+        if getattr(self.held, "client", None) is not None:
+            return  # inside this thread's own session: not between units of work
+        with self.thread_lock:
+            if self.leased is not None and self._others_waiting():
+                self.leased.close()
+                self.leased = None
+
+    def _open(self) -> _Open:
+        """The engine under the inter-process lock, announced on ``.want`` while waiting."""
+        with open(self.want_path, "a") as want:
+            fcntl.flock(want, fcntl.LOCK_SH)  # "someone waits", for a leaseholder's renew()
+            lock_file = open(self.lock_path, "a")  # noqa: SIM115 (closed by _Open.close)
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+            except BaseException:
+                lock_file.close()
+                raise
+            # the shared lock on .want ends with the with block: nobody waits any more
+        try:
+            client = clickhouse_connect.get_client(dsn=self.dsn)
+        except BaseException:
+            lock_file.close()  # closing the file releases the lock
+            raise
+        self.opens += 1
+        return _Open(client, lock_file)
+
+    def _others_waiting(self) -> bool:
+        """Another process holds ``.want``'s shared lock: it waits for the engine."""
+        with open(self.want_path, "a") as want:
+            try:
+                fcntl.flock(want, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(want, fcntl.LOCK_UN)
+            return False
 
 
 class _Open:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import threading
+import fcntl
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
 from confluent_kafka import TopicPartition
 
-from eventplatform.clickhouse import ClickHouse, platform_clickhouse
+from eventplatform.clickhouse import platform_clickhouse
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_consumer, make_producer
 from eventplatform.kafka.dlq import parse_dead_letter
@@ -123,35 +126,32 @@ def test_a_run_keeps_the_embedded_engine_open_across_its_batches(topics: Setting
 def test_a_run_hands_the_engine_over_to_whoever_waits_and_ends_after_its_open_limit(
     topics: Settings,
 ) -> None:
-    """Another process's query (here a second ClickHouse instance: its own inter-process lock)
-    gets the engine between two batches; the run reopens it, and ends at its open limit."""
+    """Another process's query gets the embedded engine between two batches; the run reopens
+    it for the next, and ends at its open limit."""
     settings = topics
     settings.land.raw_shards = 1
     settings.land.batch_max_records = 40
     settings.land.max_opens_embedded = 2
     produce_events(settings, 200)
-    other = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
-    seen: list[int] = []
+    readers: list[subprocess.Popen] = []
+    waited: list[bool] = []
 
-    reader_waiting: list[bool] = []
-    threads: list[threading.Thread] = []
-
-    def query_while_the_lander_holds_the_engine(report: BatchReport) -> None:
-        if threads:
+    def query_from_another_process(report: BatchReport) -> None:
+        if readers:
             return
-        reader = threading.Thread(target=lambda: seen.append(_count_events(other)))
-        reader.start()
-        deadline = time.monotonic() + 30
-        while not other._others_waiting() and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the reader waits for the engine
-        reader_waiting.append(other._others_waiting())
-        threads.append(reader)
+        readers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", COUNT_EVENTS, settings.clickhouse_dsn],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        waited.append(_someone_waits_for(settings.clickhouse_dsn, within_s=60))
 
-    first = build_lander(settings, "raw", 0).run(on_batch=query_while_the_lander_holds_the_engine)
-    for thread in threads:
-        thread.join(30)
-    assert reader_waiting == [True]
-    assert seen == [40]  # the reader had the engine after the first batch, before the second
+    first = build_lander(settings, "raw", 0).run(on_batch=query_from_another_process)
+    out, _ = readers[0].communicate(timeout=60)
+    assert waited == [True]
+    assert out.split() == ["40"]  # it had the engine after the first batch, before the second
     assert (first.rows, first.batches, first.engine_opens) == (80, 2, 2)
     assert first.stopped_because.startswith("2 engine opens (max_opens_embedded")
     rest = build_lander(settings, "raw", 0).run()
@@ -160,9 +160,28 @@ def test_a_run_hands_the_engine_over_to_whoever_waits_and_ends_after_its_open_li
     assert ch == [(200, 200)] and len(lake_rows(settings)) == 200
 
 
-def _count_events(clickhouse: ClickHouse) -> int:
-    with clickhouse.session() as client:
-        return int(client.command(f"SELECT count() FROM {clickhouse.database}.events"))
+COUNT_EVENTS = """
+import sys
+from eventplatform.clickhouse import ClickHouse
+with ClickHouse(sys.argv[1]).session() as client:
+    print(client.command("SELECT count() FROM eventplatform.events"))
+"""
+
+
+def _someone_waits_for(dsn: str, within_s: float) -> bool:
+    """Whether a process announces, within ``within_s``, that it waits for the engine (the
+    shared lock on ``<folder>.want``)."""
+    path = Path(dsn.removeprefix("chdb://"))
+    deadline = time.monotonic() + within_s
+    with open(path.with_name(path.name + ".want"), "a") as want:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(want, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(want, fcntl.LOCK_UN)
+            time.sleep(0.01)
+    return False
 
 
 def test_poison_messages_go_to_the_dlq_and_the_batch_goes_on(topics: Settings) -> None:

@@ -27,16 +27,13 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.events import EventValidator
@@ -295,23 +292,6 @@ def _table(hours: list[_Hour]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class _HeldClickHouse(ClickHouse):
-    """The embedded engine opened once for the whole run, for all its databases.
-
-    ``ClickHouse.session`` opens the engine per unit of work (other processes share the
-    folder); the run's folder is its own, and some 300 queries would spend most of their
-    time opening and closing it.
-    """
-
-    def __init__(self, dsn: str, database: str, client: Client) -> None:
-        super().__init__(dsn, database)
-        self._whole_run_client = client
-
-    @contextmanager
-    def session(self) -> Iterator[Client]:
-        yield self._whole_run_client
-
-
 def _land(ch: ClickHouse, table: pa.Table, token: str) -> None:
     with ch.session() as client:
         client.insert_arrow(
@@ -428,9 +408,11 @@ def evaluate(
             [c.customer_id for c in traffic.gen.customers], spec.events_per_hour / 1000
         )
         dsn = f"chdb://{workdir}/ch"
-        client = stack.enter_context(closing(clickhouse_connect.get_client(dsn=dsn)))
-        clean = _HeldClickHouse(dsn, "eval_clean", client)
-        labelled = _HeldClickHouse(dsn, "eval_labelled", client)
+        clean = ClickHouse(dsn, "eval_clean")
+        labelled = ClickHouse(dsn, "eval_labelled")
+        # The folder is the run's own: the engine stays open for its ~300 queries (both
+        # instances share the lease: one engine per folder and process).
+        stack.enter_context(clean.lease())
         for ch in (clean, labelled):
             ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
 
