@@ -1,14 +1,16 @@
 """End-to-end latency at a steady rate: received -> queryable, and budget exhaustion -> pause.
 
-    .venv/bin/python bench/bench_latency.py [--rate 10000] [--duration 180] [--shards 2]
+    .venv/bin/python bench/bench_latency.py [--rate 10000] [--duration 180] [--shards 1]
                                             [--campaigns 40] [--ten-minutes]
 
 Starts a throwaway broker, produces realistic events at a steady rate straight to
 `events.raw` (each stamped `received_ts` = the moment it is produced, as the collector
 does), and lands them with one `eventplatform land` process per shard, as the Dagster
-sensor would start them. An event's latency is the time from `received_ts` to the commit of
-its batch, after which it is in the lake and queryable in ClickHouse. Prints p50/p99/max over
-every event, with p99.9.
+sensor would start them. One shard by default: on the embedded engine, two busy landers
+hand the engine back and forth every batch (see docs/landing.md); `--shards 2` shows that.
+An event's latency is the time from `received_ts` to the commit of its batch, after which it
+is in the lake and queryable in ClickHouse. Prints p50/p99/p99.9/max over every event, and
+the slowest batches with when they landed.
 
 The ClickHouse side: the active part count of `events` (`system.parts`) every 60 s while
 it runs and after it (`--ten-minutes` runs 600 s, to see whether merges keep up). The lake
@@ -69,20 +71,30 @@ controller = BudgetController(
 
 batches, stages, closed = [], {}, {}
 
+timeline = []  # per batch: commit time, messages, seconds landing, max latency, budgets s
+
 def on_batch(report):
     latencies.append(report.latencies_ms)
     batches.append((report.messages, report.seconds))
+    budgets_s = 0.0
     closed[report.closed_because] = closed.get(report.closed_because, 0) + 1
     for stage, seconds in report.stage_seconds.items():
         stages[stage] = stages.get(stage, 0.0) + seconds
     if report.cost_events:
         started = time.perf_counter()
         controller.refresh()
-        stages["budgets"] = stages.get("budgets", 0.0) + time.perf_counter() - started
+        budgets_s = time.perf_counter() - started
+        stages["budgets"] = stages.get("budgets", 0.0) + budgets_s
+    if len(timeline) < 3:  # the first batches: where a cold start goes
+        print(f"batch {len(timeline)}: {report.messages} messages, stages "
+              + ", ".join(f"{k} {v:.3f}" for k, v in report.stage_seconds.items()), flush=True)
+    worst = float(report.latencies_ms.max()) if report.latencies_ms is not None else 0.0
+    timeline.append((time.time(), report.messages, report.seconds, worst, budgets_s))
 
 lander = build_lander(settings, "raw", int(sys.argv[1]))
 summary = lander.run(on_batch=on_batch)
 np.save(sys.argv[2], np.concatenate([x for x in latencies if x is not None]))
+np.save(sys.argv[2].replace(".npy", "-batches.npy"), np.array(timeline))
 sizes = np.array([b[0] for b in batches])
 took = np.array([b[1] for b in batches])
 print(
@@ -159,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--duration", type=float, default=180)
-    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--campaigns", type=int, default=40)
     parser.add_argument("--ten-minutes", action="store_true", help="--duration 600")
     args = parser.parse_args()
@@ -219,7 +231,7 @@ def main() -> None:
         time.sleep(3)  # the landers start (imports, ClickHouse) before traffic does
 
         producer = make_producer(bootstrap)
-        start = time.monotonic()
+        start, started_wall = time.monotonic(), time.time()
         sent, tick = 0, 0.01
         exhaust_at = [
             10 + k * (args.duration - 30) / max(1, args.campaigns) for k in range(args.campaigns)
@@ -257,6 +269,7 @@ def main() -> None:
         for lander in landers:
             assert lander.wait(timeout=300) == 0
         latencies = np.concatenate([np.load(tmp / f"latency-{s}.npy") for s in range(args.shards)])
+        timelines = [np.load(tmp / f"latency-{s}-batches.npy") for s in range(args.shards)]
         stop_watching.set()
         watcher.join()
         parts_at.append((time.monotonic() - start, active_parts(clickhouse)))
@@ -296,6 +309,22 @@ def main() -> None:
     print(f"| load average (1, 5, 15 min) at the end | {load} |")
     if missing:
         print(f"NOT PAUSED: {missing}")
+    print()
+    print(
+        "The slowest batches (by the max latency in the batch): landed at s | messages | "
+        "collecting s (since the last batch's budgets) | landing s | budgets s | max latency s"
+    )
+    for shard, timeline in enumerate(timelines):
+        # collecting: from the end of the previous batch's budget refresh to this one's start
+        collecting = np.diff(timeline[:, 0] - timeline[:, 2], prepend=np.nan) - np.concatenate(
+            [[np.nan], timeline[:-1, 4]]
+        )
+        for i in sorted(range(len(timeline)), key=lambda i: -timeline[i, 3])[:8]:
+            done, messages, landing, worst, budgets = timeline[i]
+            print(
+                f"  shard {shard}: {done - started_wall:6.1f} | {messages:7,.0f} | "
+                f"{collecting[i]:.3f} | {landing:.3f} | {budgets:.3f} | {worst / 1000:.2f}"
+            )
     print("(every event counted, the first batch's ClickHouse warm-up included)")
 
 

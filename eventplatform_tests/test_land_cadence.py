@@ -56,6 +56,30 @@ def test_a_backlog_drains_in_full_batches(topics: Settings) -> None:
     assert clickhouse_count(settings, "SELECT count() FROM {db}.events") == [(12_000,)]
 
 
+def test_messages_that_waited_already_do_not_linger_again(topics: Settings) -> None:
+    """A batch's age is its first message's (its Kafka timestamp): events that queued while
+    the lander was busy, or before it started, have lingered already. Events produced 30 s
+    ago, with a linger of 20 s: the batch closes as soon as the shard is caught up, not 20 s
+    after the lander saw its first message."""
+    settings = topics
+    settings.land.raw_shards = 1
+    settings.land.batch_linger_s = 20.0
+    settings.land.batch_max_wait_s = 60.0
+    producer = make_producer(settings.kafka.bootstrap)
+    sent_ms = int(time.time() * 1000) - 30_000
+    for i in range(500):
+        event = decoded_event("click", "c0", datetime.now(UTC), event_id=f"waited-{i}")
+        producer.produce(settings.kafka.raw_topic, value=CODEC.encode(event), timestamp=sent_ms)
+    assert producer.flush(30) == 0
+    reports: list[BatchReport] = []
+    started = time.monotonic()
+    summary = build_lander(settings, "raw", 0).run(on_batch=reports.append)
+    took = time.monotonic() - started
+    assert summary.rows == 500
+    assert [r.closed_because for r in reports] == ["caught_up"] * len(reports)
+    assert took < 15, f"the run took {took:.1f} s: the batch lingered again"
+
+
 def test_a_trickle_goes_out_in_small_batches_within_seconds(topics: Settings) -> None:
     """One event every 50 ms for 3 s while a run lands: batches close because the shard is
     caught up (max_wait is 30 s here, so no clock closes them), each event is committed within

@@ -7,6 +7,7 @@ kind knows how to build its Arrow table, which lake folder and ClickHouse table 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -17,9 +18,10 @@ import pyarrow.compute as pc
 from confluent_kafka import Message
 
 from eventplatform.enrich import Enricher, Reference
-from eventplatform.events import DecodeError, EventPolicy
+from eventplatform.events import DecodeError, EventCodec, EventPolicy, EventValidator
 from eventplatform.events.arrow import landed_schema, with_kafka_columns
 from eventplatform.events.columnar import ColumnarDecoder
+from eventplatform.events.examples import example_event
 from eventplatform.events.policy import REASON_COST, REASON_EVENT_TS
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA, DeadLetter, parse_dead_letter
 from eventplatform.land.lake import OffsetRange, WrittenFile, write_dead_letters, write_events
@@ -34,6 +36,10 @@ class RowBuilder(Protocol):
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         """Rows of the good messages, and a dead letter for each one that cannot be used."""
+        ...
+
+    def warm_up(self) -> None:
+        """Load what building the first batch would, before any batch is in hand."""
         ...
 
 
@@ -58,6 +64,18 @@ class EventRows:
         self.decoder = ColumnarDecoder()
         self.policy = policy or EventPolicy()
         self.enricher = enricher or Enricher(Reference())
+
+    def warm_up(self) -> None:
+        """Decode and enrich one example event: the first batch of a run then does not pay for
+        loading the enrichments' parsers and reference data (0.2-0.5 s, while events wait)."""
+        now_ms = int(time.time() * 1000)
+        datum, errors = EventValidator().validate(example_event("page_view"), "warm-up", now_ms)
+        if errors:
+            raise RuntimeError(f"the example event is not valid: {errors}")
+        body, errors = self.decoder.decode([EventCodec().encode(datum)])
+        if errors:
+            raise RuntimeError(f"the example event does not decode: {errors}")
+        self.enricher.enrich(with_kafka_columns(body, "warm-up", [0], [0], now_ms))
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         body, errors = self.decoder.decode([m.value() for m in messages])
@@ -133,6 +151,9 @@ class DeadLetterRows:
     lake_folder = "dead_letters"
     time_column = "dead_ts"
     write_lake = staticmethod(write_dead_letters)
+
+    def warm_up(self) -> None:
+        """Nothing to load: dead letters are parsed from their headers."""
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         rows = []

@@ -9,6 +9,13 @@ behind the batch (from the watermarks the fetches brought: no round trip) under
 waits about ``batch_linger_s`` plus the landing of one small batch. The linger keeps a trickle
 from becoming one batch (one Parquet file, one ClickHouse part) per message.
 ``batch_max_wait_s`` stays the upper bound on any batch's age.
+
+A batch's age is its first message's: from the message's Kafka timestamp (set by the
+collector's producer when it sent it), not from when this poll picked it up. Messages that
+queued while the previous batch was landing have lingered already, so the next batch closes
+as soon as it is caught up instead of lingering again (an event then waits about one landing
+less). The age is clamped to ``[0, batch_linger_s]``: a producer with a wrong clock can only
+make a batch linger as long as it would without timestamps, or not at all.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message
 
 from eventplatform.settings import LandSettings
 
@@ -76,7 +83,7 @@ def collect_batch(
         if not messages:
             return batch  # nothing for IDLE_POLL_S: the caller checks stop and idle
         if first is None:
-            first = time.monotonic()
+            first = time.monotonic() - _age_s(messages[0], s.batch_linger_s)
             continue
         if (
             len(polled) < wanted
@@ -85,3 +92,12 @@ def collect_batch(
         ):
             batch.closed_because = "caught_up"
             return batch
+
+
+def _age_s(message: Message, at_most: float) -> float:
+    """How long ago the message was produced (its CreateTime), clamped to ``[0, at_most]``;
+    0 when it has no timestamp."""
+    kind, ms = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or ms <= 0:
+        return 0.0
+    return min(max(time.time() - ms / 1000, 0.0), at_most)

@@ -19,6 +19,12 @@ clock of the run, so a replayed batch writes the same files.
 Names are deterministic, so a batch replayed after a crash rewrites the
 same files instead of adding new ones: the lake holds every event once. Each file is written
 to a hidden temporary name in its folder and renamed, so readers never see half a file.
+
+A batch's files are written at once (a few threads: Parquet encoding and fsync release the
+GIL). A small file (under ``SMALL_FILE_ROWS`` rows: the sub-second batches of a caught-up
+shard) is LZ4-compressed, a larger one zstd: for a few hundred rows zstd's fixed cost per
+column doubles the write for 20 % fewer bytes, and compaction (``compact.py``) rewrites an
+hour's small files into large zstd ones anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +51,8 @@ MS_PER_HOUR = 3_600_000
 HOURLY_HORIZON_H = 48  # events older than this (against received_ts) are filed by day
 LATE_HOUR = -1  # the event_hour folder of late events
 _LATE = 1 << 40  # bucket keys at or above this are late days (hour of midnight + _LATE)
+SMALL_FILE_ROWS = 5_000  # fewer rows: LZ4, more: zstd (see above)
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
 
 
 @dataclass(frozen=True)
@@ -194,14 +203,19 @@ def _write_grouped(root, table, ranges, hours, folder_of) -> list[WrittenFile]:
     if len({r.topic for r in by_partition.values()}) > 1:
         raise ValueError("a batch comes from one topic")
     partitions = table.column("kafka_partition").to_numpy(zero_copy_only=False)
-    written = []
+    files: list[tuple[Path, pa.Table]] = []
     for partition, offsets in sorted(by_partition.items()):
         in_partition = partitions == partition
         for hour in np.unique(hours[in_partition]):
             mask = in_partition & (hours == hour)
-            part = table.filter(pa.array(mask))
             folder = root / folder_of(int(hour))
-            written.append(_write_atomically(folder / f"{offsets.file_stem()}.parquet", part))
+            files.append((folder / f"{offsets.file_stem()}.parquet", table.filter(pa.array(mask))))
+    if len(files) == 1:
+        written = [_write_atomically(*files[0])]
+    else:  # all of them, even when one fails: each cleans up its own temporary file
+        futures = [_WRITERS.submit(_write_atomically, path, part) for path, part in files]
+        wait(futures)
+        written = [future.result() for future in futures]
     sync_folders({f.path.parent for f in written}, root.parent)
     return written
 
@@ -213,7 +227,8 @@ def _write_atomically(path: Path, table: pa.Table) -> WrittenFile:
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", write_statistics=True)
+            codec = "lz4" if table.num_rows < SMALL_FILE_ROWS else "zstd"
+            pq.write_table(table, f, compression=codec, write_statistics=True)
             f.flush()
             os.fsync(f.fileno())
         size = tmp.stat().st_size

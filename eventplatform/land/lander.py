@@ -159,6 +159,8 @@ class ShardLander:
             # batches when another process waits); the sinks wait for an insert in flight.
             with self.clickhouse.lease(), self.sinks:
                 opens_at_start = self.clickhouse.opens
+                self.rows.warm_up()  # the first batch's one-time costs, before it is in hand
+                self.sinks.warm_up()
                 summary = self._loop(consumer, producer, on_batch, should_stop, summary)
                 summary.engine_opens = self.clickhouse.opens - opens_at_start
                 return summary

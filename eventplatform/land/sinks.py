@@ -22,7 +22,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.crashpoints import crashpoint
 from eventplatform.land.lake import OffsetRange, WrittenFile
-from eventplatform.land.spend import record_spend, serialized
+from eventplatform.land.spend import ensure_backfilled, record_spend, serialized
 
 
 class Sinks:
@@ -52,6 +52,14 @@ class Sinks:
         if self._inserter is not None:
             self._inserter.shutdown(wait=True)
             self._inserter = None
+
+    def warm_up(self) -> None:
+        """Open the engine and do the spend's one-time backfill now, not in the first batch's
+        time (a run starts when there is something to land: its events would wait)."""
+        with self.clickhouse.session() as client:
+            if self.rows.clickhouse_table == "events":
+                with serialized(self.clickhouse, self.lake_dir / "_landing" / "spend.lock"):
+                    ensure_backfilled(client, self.clickhouse.database)
 
     def write(
         self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
