@@ -315,10 +315,10 @@ def main() -> None:
         "collecting s (since the last batch's budgets) | landing s | budgets s | max latency s"
     )
     for shard, timeline in enumerate(timelines):
-        # collecting: from the end of the previous batch's budget refresh to this one's start
-        collecting = np.diff(timeline[:, 0] - timeline[:, 2], prepend=np.nan) - np.concatenate(
-            [[np.nan], timeline[:-1, 4]]
-        )
+        # collecting: from the end of the previous batch (its budgets included) to this one's
+        # landing (each row is noted after its budgets)
+        landing_started = timeline[:, 0] - timeline[:, 4] - timeline[:, 2]
+        collecting = landing_started - np.concatenate([[np.nan], timeline[:-1, 0]])
         for i in sorted(range(len(timeline)), key=lambda i: -timeline[i, 3])[:8]:
             done, messages, landing, worst, budgets = timeline[i]
             print(

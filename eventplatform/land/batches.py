@@ -24,6 +24,7 @@ from eventplatform.events.columnar import ColumnarDecoder
 from eventplatform.events.examples import example_event
 from eventplatform.events.policy import REASON_COST, REASON_EVENT_TS
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA, DeadLetter, parse_dead_letter
+from eventplatform.land.crashpoints import crashpoints_suspended
 from eventplatform.land.lake import OffsetRange, WrittenFile, write_dead_letters, write_events
 
 
@@ -75,7 +76,8 @@ class EventRows:
         body, errors = self.decoder.decode([EventCodec().encode(datum)])
         if errors:
             raise RuntimeError(f"the example event does not decode: {errors}")
-        self.enricher.enrich(with_kafka_columns(body, "warm-up", [0], [0], now_ms))
+        with crashpoints_suspended():
+            self.enricher.enrich(with_kafka_columns(body, "warm-up", [0], [0], now_ms))
 
     def build(self, messages: list[Message], landed_ms: int) -> tuple[pa.Table, list[DeadLetter]]:
         body, errors = self.decoder.decode([m.value() for m in messages])

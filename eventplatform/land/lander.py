@@ -121,6 +121,7 @@ class ShardLander:
         )
         self.sinks = Sinks(rows, lake_dir, clickhouse, settings.clickhouse_partitions_per_insert)
         self.partitions: list[int] = []
+        self._opens_at_start = 0  # the engine's open count when the run began
         self.closed_because = ""  # why the batch in hand closed (full, caught_up, max_wait)
         self.log: Callable[[str], None] = lambda line: None
 
@@ -158,11 +159,11 @@ class ShardLander:
             # The embedded engine stays open across the run's batches (handed over between
             # batches when another process waits); the sinks wait for an insert in flight.
             with self.clickhouse.lease(), self.sinks:
-                opens_at_start = self.clickhouse.opens
+                self._opens_at_start = self.clickhouse.opens
                 self.rows.warm_up()  # the first batch's one-time costs, before it is in hand
                 self.sinks.warm_up()
                 summary = self._loop(consumer, producer, on_batch, should_stop, summary)
-                summary.engine_opens = self.clickhouse.opens - opens_at_start
+                summary.engine_opens = self.clickhouse.opens - self._opens_at_start
                 return summary
         finally:
             consumer.close()
@@ -185,7 +186,6 @@ class ShardLander:
         self._recover(consumer, producer, summary, on_batch)
         starts = self._committed_positions(consumer)
         consumer.assign(starts)
-        opens_at_start = self.clickhouse.opens
         while True:
             self.clickhouse.renew()  # between batches: another process may want the engine
             if should_stop():
@@ -209,7 +209,7 @@ class ShardLander:
             self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
             summary.busy_s = time.monotonic() - first_collect
             limit = s.max_opens_embedded if self.clickhouse.embedded else 0
-            if limit and self.clickhouse.opens - opens_at_start >= limit:
+            if limit and self.clickhouse.opens - self._opens_at_start >= limit:
                 summary.stopped_because = (
                     f"{limit} engine opens (max_opens_embedded: chdb leaks a little per open)"
                 )

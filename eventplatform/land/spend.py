@@ -40,9 +40,10 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
@@ -64,11 +65,12 @@ def spend_key(customer_id: str, event_id: str) -> str:
     return f"{customer_id}:{event_id}"
 
 
-def first_cost_events(table: pa.Table) -> dict[str, tuple[str, str, float, int]]:
-    """The batch's cost events, one per key (the first by topic, partition, offset):
-    key -> (customer_id, campaign named, cost, 15-minute bucket as epoch seconds)."""
+def cost_candidates(table: pa.Table) -> pa.Table:
+    """The batch's cost events, one per key (the first by topic, partition, offset), as the
+    columns ``key``, ``customer_id``, ``campaign_id`` (named), ``cost`` and ``bucket`` (its
+    15-minute bucket of ``event_ts``, UTC). In Arrow: a 100,000-event batch has some 20,000."""
     if table.num_rows == 0 or "event_type" not in table.column_names:
-        return {}
+        return _CANDIDATES.empty_table()
     cost = table.column("cost")
     mask = pc.and_(
         pc.and_(
@@ -79,7 +81,7 @@ def first_cost_events(table: pa.Table) -> dict[str, tuple[str, str, float, int]]
     )
     rows = table.filter(mask)
     if rows.num_rows == 0:
-        return {}
+        return _CANDIDATES.empty_table()
     rows = rows.sort_by(
         [
             ("kafka_topic", "ascending"),
@@ -87,63 +89,126 @@ def first_cost_events(table: pa.Table) -> dict[str, tuple[str, str, float, int]]
             ("kafka_offset", "ascending"),
         ]
     )
+    customer = pc.cast(rows.column("customer_id"), pa.string())
     ms = pc.cast(pc.cast(rows.column("event_ts"), pa.timestamp("ms", tz="UTC")), pa.int64())
-    buckets = pc.multiply(pc.divide(ms, BUCKET_S * 1000), BUCKET_S).to_pylist()
-    first: dict[str, tuple[str, str, float, int]] = {}
-    for customer, event_id, campaign, value, bucket in zip(
-        rows.column("customer_id").to_pylist(),
-        rows.column("event_id").to_pylist(),
-        rows.column("campaign_id").to_pylist(),
-        rows.column("cost").to_pylist(),
-        buckets,
-        strict=True,
-    ):
-        first.setdefault(spend_key(customer, event_id), (customer, campaign, value, bucket))
-    return first
+    seconds = pc.multiply(pc.divide(ms, BUCKET_S * 1000), BUCKET_S)
+    candidates = pa.table(
+        {
+            "key": pc.binary_join_element_wise(
+                customer, pc.cast(rows.column("event_id"), pa.string()), ":"
+            ),
+            "customer_id": customer,
+            "campaign_id": pc.cast(rows.column("campaign_id"), pa.string()),
+            "cost": pc.cast(rows.column("cost"), pa.float64()),
+            "bucket": pc.cast(seconds, pa.timestamp("s", tz="UTC")),
+        }
+    )
+    # the first row of each key (rows are in Kafka order): the least index among its rows
+    indexed = candidates.append_column("row", pa.array(np.arange(candidates.num_rows)))
+    first = indexed.group_by("key", use_threads=False).aggregate([("row", "min")])
+    return candidates.take(pc.sort_indices(first.column("row_min")))
+
+
+_CANDIDATES = pa.schema(
+    [
+        ("key", pa.string()),
+        ("customer_id", pa.string()),
+        ("campaign_id", pa.string()),
+        ("cost", pa.float64()),
+        ("bucket", pa.timestamp("s", tz="UTC")),
+    ]
+)
+
+
+def first_cost_events(table: pa.Table) -> dict[str, tuple[str, str, float, int]]:
+    """:func:`cost_candidates` as a dict: key -> (customer_id, campaign named, cost, bucket as
+    epoch seconds)."""
+    candidates = cost_candidates(table)
+    buckets = pc.cast(candidates.column("bucket"), pa.int64()).to_pylist()
+    return {
+        key: (customer, campaign, cost, bucket)
+        for key, customer, campaign, cost, bucket in zip(
+            candidates.column("key").to_pylist(),
+            candidates.column("customer_id").to_pylist(),
+            candidates.column("campaign_id").to_pylist(),
+            candidates.column("cost").to_pylist(),
+            buckets,
+            strict=True,
+        )
+    }
 
 
 def record_spend(client: Client, database: str, table: pa.Table, token: str) -> int:
     """Add the batch's not yet spent cost events to ``spend`` (steps 1-4 above); returns how
     many were new. ``token`` identifies the batch (the same on a replay), as for ``events``.
-    The caller serializes (embedded: inside the engine's session; else ``serialized``)."""
+    The caller serializes (embedded: inside the engine's session; else ``serialized``).
+
+    The batch's keys go to ``spend_candidates`` (a scratch table, emptied first) so that the
+    lookup in ``spend_seen`` is one query of point reads, whatever the number of keys, and
+    every insert is columnar."""
     ensure_backfilled(client, database)
-    candidates = first_cost_events(table)
-    if not candidates:
+    candidates = cost_candidates(table)
+    if candidates.num_rows == 0:
         return 0
-    spent_by_others = {
-        key
-        for key, batch in client.query(
-            f"SELECT key, batch FROM {database}.spend_seen "
-            "WHERE key IN (SELECT arrayJoin({keys:Array(String)}))",
-            parameters={"keys": list(candidates)},
-        ).result_rows
-        if batch != token
-    }
-    new = {k: v for k, v in candidates.items() if k not in spent_by_others}
-    if not new:
+    client.command(f"TRUNCATE TABLE {database}.spend_candidates")
+    client.insert_arrow(f"{database}.spend_candidates", candidates.select(["key"]))
+    spent_by_others = client.query_arrow(
+        f"SELECT key FROM {database}.spend_seen "
+        f"WHERE key IN (SELECT key FROM {database}.spend_candidates) AND batch != {{token:String}}",
+        parameters={"token": token},
+    ).column("key")
+    new = candidates.filter(
+        pc.invert(
+            pc.is_in(candidates.column("key"), value_set=pc.cast(spent_by_others, pa.string()))
+        )
+    )
+    if new.num_rows == 0:
         return 0
-    client.insert(
-        f"{database}.spend_seen", [[key, token] for key in new], column_names=["key", "batch"]
+    client.insert_arrow(
+        f"{database}.spend_seen",
+        pa.table({"key": new.column("key"), "batch": pa.repeat(token, new.num_rows)}),
     )
     crashpoint("after_spend_seen")
-    sums: dict[tuple[str, int, str, str], list] = {}  # (kind, bucket, customer, campaign)
-    for customer, campaign, value, bucket in new.values():
-        for key in ((TOTAL, 0, customer, campaign), (BUCKET, bucket, customer, campaign)):
-            acc = sums.setdefault(key, [0.0, 0])
-            acc[0] += value
-            acc[1] += 1
-    rows = [
-        [kind, datetime.fromtimestamp(b, UTC).replace(tzinfo=None), c, k, cost, n]
-        for (kind, b, c, k), (cost, n) in sorted(sums.items())
-    ]
-    client.insert(
+    client.insert_arrow(
         f"{database}.spend",
-        rows,
-        column_names=_COLUMNS,
+        _spend_rows(new),
         settings={"insert_deduplication_token": f"spend:{token}"},
     )
     crashpoint("after_spend")
-    return len(new)
+    return new.num_rows
+
+
+def _spend_rows(new: pa.Table) -> pa.Table:
+    """Per (customer, campaign) the total, and per (15-minute bucket, customer, campaign) the
+    same: the rows of ``spend`` for these cost events, in its ORDER BY order."""
+    parts = []
+    for kind, keys in (
+        (TOTAL, ["customer_id", "campaign_id"]),
+        (BUCKET, ["bucket", "customer_id", "campaign_id"]),
+    ):
+        sums = new.group_by(keys, use_threads=False).aggregate([("cost", "sum"), ("cost", "count")])
+        n = sums.num_rows
+        bucket = (
+            sums.column("bucket")
+            if kind == BUCKET
+            else pa.repeat(pa.scalar(0, pa.timestamp("s", tz="UTC")), n)
+        )
+        parts.append(
+            pa.table(
+                {
+                    "kind": pa.repeat(kind, n),
+                    "bucket": bucket,
+                    "customer_id": sums.column("customer_id"),
+                    "campaign_id": sums.column("campaign_id"),
+                    "cost": sums.column("cost_sum"),
+                    "events": pc.cast(sums.column("cost_count"), pa.uint64()),
+                }
+            )
+        )
+    rows = pa.concat_tables(parts)
+    return rows.sort_by(
+        [(c, "ascending") for c in ("kind", "bucket", "customer_id", "campaign_id")]
+    )
 
 
 def is_backfilled(client: Client, database: str) -> bool:

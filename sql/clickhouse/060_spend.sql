@@ -42,3 +42,12 @@ CREATE TABLE IF NOT EXISTS {database}.spend_backfill
 )
 ENGINE = MergeTree
 ORDER BY tuple();
+
+-- spend_candidates: scratch for one batch's spend (land/spend.py: its keys, looked up in
+-- spend_seen in one query of point reads). Emptied by each batch; only ever used under the
+-- spend's serialization, so one batch's keys at a time.
+CREATE TABLE IF NOT EXISTS {database}.spend_candidates
+(
+    key String
+)
+ENGINE = Memory;
