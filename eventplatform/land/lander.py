@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -134,6 +135,7 @@ class ShardLander:
         log: Callable[[str], None] = lambda line: None,
     ) -> RunSummary:
         s = self.settings
+        _use_the_c_heap_for_arrow()
         self.lock.acquire(s.shard_lock_wait_s)  # before the manifest is read: it is ours
         try:
             return self._run(on_batch, should_stop, log)
@@ -396,6 +398,14 @@ class _StageClock:
         now = time.perf_counter()
         self.stages[stage] = self.stages.get(stage, 0.0) + now - self.last
         self.last = now
+
+
+def _use_the_c_heap_for_arrow() -> None:
+    """Arrow's buffers (the batch's table, Parquet's pages) from glibc's heap, not mimalloc:
+    mimalloc keeps what a batch freed (100-150 MiB of the landing process's peak), while the
+    C heap gives it back after each batch (``_return_free_heap``). As fast, measured."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _return_free_heap() -> None:
