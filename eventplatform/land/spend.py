@@ -38,6 +38,7 @@ refresh recomputes (``budgets/spend.py``).
 from __future__ import annotations
 
 import fcntl
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -217,12 +218,20 @@ def is_backfilled(client: Client, database: str) -> bool:
     return bool(client.query(query).result_rows[0][0])
 
 
+_BACKFILLED: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
+
+
 def ensure_backfilled(client: Client, database: str) -> bool:
     """Spend of the events landed before incremental spend, once; True if it ran now.
 
     Under the same serialization as ``record_spend``: no batch records while it runs. The
-    marker is the last insert, so a crash anywhere before it redoes the whole backfill."""
+    marker is the last insert, so a crash anywhere before it redoes the whole backfill.
+    Asked once per client and database: a landing run keeps its client open across batches."""
+    known = _BACKFILLED.setdefault(client, set())
+    if database in known:
+        return False
     if is_backfilled(client, database):
+        known.add(database)
         return False
     for table in ("spend_seen", "spend", "spend_backfill"):
         client.command(f"TRUNCATE TABLE {database}.{table}")
@@ -255,6 +264,7 @@ def ensure_backfilled(client: Client, database: str) -> bool:
         settings=no_dedup,
     )
     client.command(f"TRUNCATE TABLE {staged}")
+    known.add(database)
     return True
 
 
