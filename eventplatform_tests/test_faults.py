@@ -28,6 +28,7 @@ from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import ensure_topics, platform_topics
 from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
+from eventplatform.land.spend import ensure_backfilled
 from eventplatform.reconcile import reconcile_platform
 from eventplatform.settings import REPO_ROOT, Settings, get_settings
 from eventplatform_tests.test_collector import gauge, running_collector
@@ -200,6 +201,9 @@ def test_failing_clickhouse_insert_fails_the_run_and_commits_nothing(produced) -
     lander = build_lander(settings, "raw", 0)  # the tables exist now
     clickhouse = platform_clickhouse(settings)
     with clickhouse.session() as client:
+        # The spend's one-time backfill (a run's warm-up) reads events: done first, so that
+        # what fails is the batch's insert, not the warm-up.
+        ensure_backfilled(client, clickhouse.database)
         client.command(f"RENAME TABLE {clickhouse.database}.events TO {clickhouse.database}.gone")
     with pytest.raises(Exception, match=r"(?i)events.*(does not exist|doesn't exist|unknown)"):
         lander.run()

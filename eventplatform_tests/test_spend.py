@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventplatform.budgets.campaigns import load_campaigns, parse_campaigns
 from eventplatform.budgets.spend import read_spend, recompute_spend, spend_drift
@@ -21,7 +23,12 @@ from eventplatform.events import EventCodec
 from eventplatform.events.arrow import events_to_arrow
 from eventplatform.kafka.clients import make_producer
 from eventplatform.land.sources import build_lander
-from eventplatform.land.spend import ensure_backfilled, is_backfilled, record_spend
+from eventplatform.land.spend import (
+    ensure_backfilled,
+    first_cost_events,
+    is_backfilled,
+    record_spend,
+)
 from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.helpers import decoded_event, land_rows
 from eventplatform_tests.test_land_crash import lander_process
@@ -129,6 +136,35 @@ def test_kill_dash_nine_around_the_spend_step_spends_each_event_once(topics: Set
         ).result_rows[0]
     assert seen == 320 + 32  # adnet's and rogue's distinct cost events, each marked once
     assert landed[1] == 352 and landed[0] > 352  # the copies are landed, not spent
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    copies=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "beta"]),  # sender
+            st.integers(0, 5),  # event id: few, so that copies are common
+            st.integers(0, 3),  # partition
+            st.sampled_from([0.5, 1.25, 2.0]),  # cost (a copy may say another)
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_batch_spends_the_first_copy_of_each_event_by_kafka_position(copies: list) -> None:
+    """``first_cost_events`` against the plain definition: per (customer, event id) the copy
+    with the least (partition, offset), whatever the order the batch holds them in."""
+    events = [cost(sender, "cmp-a", f"e{n}", value) for sender, n, _, value in copies]
+    partitions = [partition for _, _, partition, _ in copies]
+    offsets = list(range(len(copies), 0, -1))  # the batch holds them newest first
+    table = events_to_arrow(events, "events.raw", partitions, offsets, 0)
+    expected: dict[str, tuple] = {}
+    for (sender, n, _, value), _, _ in sorted(
+        zip(copies, partitions, offsets, strict=True), key=lambda c: (c[1], c[2])
+    ):
+        expected.setdefault(f"{sender}:e{n}", (sender, "cmp-a", value))
+    got = {key: v[:3] for key, v in first_cost_events(table).items()}
+    assert got == expected
 
 
 def test_a_resend_with_other_content_never_changes_what_was_spent(clickhouse) -> None:

@@ -107,7 +107,7 @@ def cost_candidates(table: pa.Table) -> pa.Table:
     # the first row of each key (rows are in Kafka order): the least index among its rows
     indexed = candidates.append_column("row", pa.array(np.arange(candidates.num_rows)))
     first = indexed.group_by("key", use_threads=False).aggregate([("row", "min")])
-    return candidates.take(pc.sort_indices(first.column("row_min")))
+    return candidates.take(np.sort(first.column("row_min").to_numpy()))
 
 
 _CANDIDATES = pa.schema(
