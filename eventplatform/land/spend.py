@@ -61,11 +61,6 @@ BACKFILL_SLICES = 16  # the backfill deduplicates a sixteenth of the keys at a t
 _COLUMNS = ["kind", "bucket", "customer_id", "campaign_id", "cost", "events"]
 
 
-def spend_key(customer_id: str, event_id: str) -> str:
-    """One key per sender's event. A customer id has no ':' (CUSTOMER_ID), so it is unique."""
-    return f"{customer_id}:{event_id}"
-
-
 def cost_candidates(table: pa.Table) -> pa.Table:
     """The batch's cost events, one per key (the first by topic, partition, offset), as the
     columns ``key``, ``customer_id``, ``campaign_id`` (named), ``cost`` and ``bucket`` (its
@@ -95,6 +90,8 @@ def cost_candidates(table: pa.Table) -> pa.Table:
     seconds = pc.multiply(pc.divide(ms, BUCKET_S * 1000), BUCKET_S)
     candidates = pa.table(
         {
+            # one key per sender's event, customer_id:event_id (a customer id has no ':',
+            # CUSTOMER_ID, so it is unique; the backfill's keys are built the same way)
             "key": pc.binary_join_element_wise(
                 customer, pc.cast(rows.column("event_id"), pa.string()), ":"
             ),
