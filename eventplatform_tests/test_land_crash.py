@@ -21,11 +21,12 @@ import duckdb
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_consumer, make_producer
 from eventplatform.kafka.dlq import parse_dead_letter
+from eventplatform.land.checkpoint import Manifest
 from eventplatform.land.lake import TMP_PREFIX
 from eventplatform.land.sources import build_lander
 from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.helpers import decoded_event
-from eventplatform_tests.test_land import clickhouse_count
+from eventplatform_tests.test_land import clickhouse_count, produce_events
 
 CRASH_POINTS = [
     "after_manifest",
@@ -157,3 +158,38 @@ def test_kill_dash_nine_at_every_point_loses_and_duplicates_nothing(topics: Sett
         idle_until = time.monotonic() + 3
     consumer.close()
     assert len(positions) == TOTAL_EVENTS // POISON_EVERY
+
+
+def test_a_crash_while_the_next_batch_decodes_replays_the_batch_in_flight(
+    topics: Settings,
+) -> None:
+    """Behind, batch n+1 is decoded while batch n's sinks write; kill -9 then (at the second
+    batch's decode, and again in the replaying run's enrichment of the third) and the next run
+    replays exactly the batch in flight: every event once in both sinks."""
+    settings = topics
+    sent = produce_events(settings, 1_000)  # a backlog: every batch closes full
+    for crash_at in ("after_decode#2", "during_enrichment#3"):
+        process = lander_process(
+            crash_at, EP_LAND_BATCH_MAX_RECORDS="100", EP_LAND_BATCH_MAX_WAIT_S="5"
+        )
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == -signal.SIGKILL, out
+        if crash_at.startswith("during"):
+            assert "replaying the batch" in out, out  # the batch in flight at the first kill
+    manifest = Manifest.of_shard(
+        settings.lake_dir, settings.land.group_id, settings.kafka.raw_topic, 0, 1
+    )
+    in_flight = manifest.read()
+    assert in_flight is not None and sum(r.last - r.first + 1 for r in in_flight) == 100
+
+    settings.land.raw_shards = 1
+    summary = build_lander(settings, "raw", 0).run()
+    assert summary.replayed_batches == 1 and summary.stopped_because.startswith("idle")
+    lake = duckdb.sql(
+        f"SELECT count(), count(DISTINCT event_id) "
+        f"FROM read_parquet('{settings.lake_dir}/events/**/*.parquet')"
+    ).fetchall()[0]
+    assert lake == (len(sent), len(sent))
+    assert clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events") == [
+        (len(sent), len(sent))
+    ]

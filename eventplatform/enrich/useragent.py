@@ -64,6 +64,11 @@ class UserAgents:
         self._cache: dict[str, Parsed] = {}
         self.cache_size = cache_size
 
+    def warm_up(self) -> None:
+        """Compile the rules now (a landing run's warm-up), not in its first batch's time."""
+        if self._parser is None:
+            self._parser = _make_parser()
+
     def parse(self, ua: str) -> tuple[Parsed, bool]:
         """The parsed fields, and whether the string failed to parse (no exception escapes)."""
         hit = self._cache.get(ua)

@@ -9,8 +9,10 @@ Analysts get one wide table instead of a union to unpack.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from eventplatform.events.schemas import default_registry
@@ -106,8 +108,8 @@ def landed_schema() -> pa.Schema:
 def events_to_arrow(
     events: list[dict[str, Any]],
     kafka_topic: list[str] | str,
-    kafka_partition: list[int] | int,
-    kafka_offset: list[int],
+    kafka_partition: Sequence[int] | np.ndarray | int,
+    kafka_offset: Sequence[int] | np.ndarray,
     landed_ms: int,
 ) -> pa.Table:
     """Decoded events (codec form: payload dict, timestamps in epoch ms) as a landed table.
@@ -133,8 +135,8 @@ def with_enriched_nulls(table: pa.Table) -> pa.Table:
 def with_kafka_columns(
     body: pa.Table,
     kafka_topic: list[str] | str,
-    kafka_partition: list[int] | int,
-    kafka_offset: list[int],
+    kafka_partition: Sequence[int] | np.ndarray | int,
+    kafka_offset: Sequence[int] | np.ndarray,
     landed_ms: int,
 ) -> pa.Table:
     """Body columns (``_body_schema()``) plus where each row came from: the landed table

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from eventplatform.kafka.clients import committed_offsets
@@ -68,15 +69,14 @@ class Manifest:
 
 
 def offset_ranges(messages: list[Message]) -> list[OffsetRange]:
-    """First and last offset per partition, in partition order: what the manifest records."""
-    bounds: dict[int, list[int]] = {}
+    """First and last offset per partition, in partition order: what the manifest records.
+    (``map`` over the C methods and numpy: a Python loop here cost ~30 ms a 50,000 batch.)"""
+    n = len(messages)
+    partitions = np.fromiter(map(Message.partition, messages), np.int64, n)
+    offsets = np.fromiter(map(Message.offset, messages), np.int64, n)
     topic = messages[0].topic()
-    for message in messages:
-        offset = message.offset()
-        b = bounds.get(message.partition())
-        if b is None:
-            bounds[message.partition()] = [offset, offset]
-        else:
-            b[0] = min(b[0], offset)
-            b[1] = max(b[1], offset)
-    return [OffsetRange(topic, p, first, last) for p, (first, last) in sorted(bounds.items())]
+    ranges = []
+    for p in np.unique(partitions).tolist():
+        mine = offsets[partitions == p]
+        ranges.append(OffsetRange(topic, p, int(mine.min()), int(mine.max())))
+    return ranges

@@ -18,6 +18,13 @@ files and the same token makes ClickHouse drop the repeat. A dead letter can be 
 (a crash between 5's flush and commit); it carries its source offset, and whoever reads the
 DLQ counts positions, not messages.
 
+When the shard is behind (a batch closed full), the next batch is collected and decoded while
+this one's sinks write, so the two cores share the decoding and the writing. Its manifest
+(step 1) then waits for this one's commit and comes after its decoding, before its first
+write: only one batch is ever in flight, the manifest names at most one batch, and a crash
+replays at most that one. A caught-up batch is landed to its commit before the next is
+collected, for its latency.
+
 One run per shard at a time is the orchestrator's job (the Dagster sensor and a tag
 concurrency limit), and each run holds the shard's lock (``fence.py``) so that a second lander
 cannot land beside it. Shard ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``.
@@ -33,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -53,7 +61,7 @@ from eventplatform.kafka.clients import (
     make_producer,
     watermark_offsets,
 )
-from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES
+from eventplatform.kafka.dlq import DEFAULT_MAX_VALUE_BYTES, DeadLetter
 from eventplatform.kafka.lag import cached_lag
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.cadence import collect_batch
@@ -63,7 +71,7 @@ from eventplatform.land.crashpoints import CRASH_ENV, crashpoint
 from eventplatform.land.fence import ShardLock
 from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
 from eventplatform.land.report import BatchReport, RunSummary, cost_events, latencies
-from eventplatform.land.sinks import Sinks, dedup_token, partition_groups
+from eventplatform.land.sinks import Sinks, Writing, dedup_token, partition_groups
 from eventplatform.settings import LandSettings
 
 __all__ = [  # the names landing's callers (and the crash tests) import from here
@@ -188,34 +196,62 @@ class ShardLander:
         self._recover(consumer, producer, summary, on_batch)
         starts = self._committed_positions(consumer)
         consumer.assign(starts)
-        while True:
-            self.clickhouse.renew()  # between batches: another process may want the engine
-            if should_stop():
-                summary.stopped_because = "asked to stop"
-                break
-            now = time.monotonic()
-            if now - started >= s.max_run_s:
-                summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
-                break
-            collecting = time.monotonic()
-            messages = self._collect(consumer)
-            if not messages:
-                if time.monotonic() - last_message >= s.idle_stop_s:
-                    if self._caught_up(consumer, starts):
-                        summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
-                        break
-                    last_message = time.monotonic()  # slow to fetch, not idle: go on
-                continue
-            last_message = time.monotonic()
-            first_collect = first_collect or collecting
-            self._finish(self._land(consumer, producer, messages, False), summary, on_batch)
-            summary.busy_s = time.monotonic() - first_collect
-            limit = s.max_opens_embedded if self.clickhouse.embedded else 0
-            if limit and self.clickhouse.opens - self._opens_at_start >= limit:
-                summary.stopped_because = (
-                    f"{limit} engine opens (max_opens_embedded: chdb leaks a little per open)"
-                )
-                break
+        # A batch whose sinks are still writing while the next one is collected and decoded:
+        # only when behind (the last batch closed full), where throughput is what counts; a
+        # caught-up batch is finished before the next collect, for its latency.
+        in_flight: _InFlight | None = None
+
+        def land_in_flight() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                self._finish(self._complete(consumer, producer, in_flight), summary, on_batch)
+                in_flight = None
+
+        try:
+            while True:
+                if in_flight is None:
+                    self.clickhouse.renew()  # between batches: another process may want it
+                if should_stop():
+                    summary.stopped_because = "asked to stop"
+                    break
+                now = time.monotonic()
+                if now - started >= s.max_run_s:
+                    summary.stopped_because = f"ran {s.max_run_s:.0f}s (max_run_s)"
+                    break
+                collecting = time.monotonic()
+                messages = self._collect(consumer)
+                if not messages:
+                    if in_flight is not None:  # nothing new yet: land what is in hand
+                        land_in_flight()
+                        continue
+                    if time.monotonic() - last_message >= s.idle_stop_s:
+                        if self._caught_up(consumer, starts):
+                            summary.stopped_because = f"idle for {s.idle_stop_s:.0f}s"
+                            break
+                        last_message = time.monotonic()  # slow to fetch, not idle: go on
+                    continue
+                last_message = time.monotonic()
+                first_collect = first_collect or collecting
+                batch = self._prepare(messages, self.closed_because, in_flight is None)
+                if in_flight is not None:
+                    land_in_flight()
+                    self.clickhouse.renew()
+                in_flight = self._start(batch)
+                if batch.closed_because != "full":
+                    land_in_flight()
+                summary.busy_s = time.monotonic() - first_collect
+                limit = s.max_opens_embedded if self.clickhouse.embedded else 0
+                if limit and self.clickhouse.opens - self._opens_at_start >= limit:
+                    summary.stopped_because = (
+                        f"{limit} engine opens (max_opens_embedded: chdb leaks a little per open)"
+                    )
+                    break
+            if in_flight is not None:  # the batch in hand is landed before the run ends
+                land_in_flight()
+                summary.busy_s = time.monotonic() - first_collect
+        finally:
+            if in_flight is not None:  # failing: let its writes stop; its manifest stays
+                in_flight.writing.wait_quietly()
         return summary
 
     def _committed_positions(self, consumer: Consumer) -> list[TopicPartition]:
@@ -272,16 +308,23 @@ class ShardLander:
     def _land(
         self, consumer: Consumer, producer: Producer, messages: list[Message], replayed: bool
     ) -> BatchReport:
-        """Land one batch; ``messages`` is emptied once decoded (to free memory early)."""
-        s = self.settings
+        """Land one batch from start to commit; ``messages`` is emptied once decoded."""
+        batch = self._prepare(messages, "replay" if replayed else self.closed_because, True)
+        return self._complete(consumer, producer, self._start(batch))
+
+    def _prepare(
+        self, messages: list[Message], closed_because: str, manifest_now: bool
+    ) -> _Prepared:
+        """Decode and enrich. ``manifest_now``: write the batch's manifest first (no other
+        batch is in flight); otherwise ``_start`` writes it once the one in flight is
+        committed, and this decoding runs beside that batch's sinks. ``messages`` is emptied
+        once decoded (to free memory early)."""
         t0 = time.monotonic()
         stages: dict[str, float] = {}
-        clock = _StageClock(stages)
         ranges = offset_ranges(messages)
-        self.manifest.write(ranges)
-        crashpoint("after_manifest")
-        clock("manifest")
-
+        if manifest_now:
+            self._write_manifest(ranges, stages)
+        clock = _StageClock(stages)
         landed_ms = int(time.time() * 1000)
         table, dead = self.rows.build(messages, landed_ms)
         # The rows are all the sinks need: let the batch's Message objects (about as big as
@@ -289,18 +332,35 @@ class ShardLander:
         messages.clear()
         crashpoint("after_decode")
         clock("decode")
+        return _Prepared(ranges, table, dead, closed_because, t0, stages, manifest_now)
 
-        # The two sinks at once; the commit waits for both.
-        files: list[WrittenFile] = self.sinks.write(table, ranges, stages)
+    def _write_manifest(self, ranges: list[OffsetRange], stages: dict[str, float]) -> None:
+        clock = _StageClock(stages)
+        self.manifest.write(ranges)
+        crashpoint("after_manifest")
+        clock("manifest")
+
+    def _start(self, batch: _Prepared) -> _InFlight:
+        """Its manifest if not written yet, then both sinks start writing (in their threads)."""
+        if not batch.manifest_written:
+            self._write_manifest(batch.ranges, batch.stages)
+        return _InFlight(batch, self.sinks.start(batch.table, batch.ranges, batch.stages))
+
+    def _complete(self, consumer: Consumer, producer: Producer, flight: _InFlight) -> BatchReport:
+        """Wait for both sinks, send the dead letters, commit, clear the manifest."""
+        s, batch = self.settings, flight.batch
+        clock = _StageClock(batch.stages)
+        files: list[WrittenFile] = flight.writing.result()
         crashpoint("after_clickhouse")
         clock("sinks")
 
-        if dead:
+        if batch.dead:
             send_dead_letters(
-                producer, self.dlq_topic, dead, s.commit_timeout_s, self.dlq_max_value_bytes
+                producer, self.dlq_topic, batch.dead, s.commit_timeout_s, self.dlq_max_value_bytes
             )
         crashpoint("after_dead_letters")
 
+        ranges = batch.ranges
         commit_offsets(
             consumer,
             [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges],
@@ -312,21 +372,22 @@ class ShardLander:
         clock("commit")
 
         done_ms = int(time.time() * 1000)
+        table = batch.table
         return BatchReport(
             topic=self.topic,
             shard=self.shard,
             kind=self.rows.kind,
             ranges=ranges,
             rows=table.num_rows,
-            dead_letters=len(dead),
+            dead_letters=len(batch.dead),
             files=files,
             lag=self._lag(consumer, ranges),
             latencies_ms=latencies(table, done_ms),
             cost_events=cost_events(table),
-            seconds=time.monotonic() - t0,
-            stage_seconds=stages,
-            replayed=replayed,
-            closed_because="replay" if replayed else self.closed_because,
+            seconds=time.monotonic() - batch.started,
+            stage_seconds=batch.stages,
+            replayed=batch.closed_because == "replay",
+            closed_because=batch.closed_because,
             enrichment=enrichment_counts(table),
         )
 
@@ -385,6 +446,27 @@ class ShardLander:
         if offset_ranges(messages) != ranges:
             raise RuntimeError(f"replay read {offset_ranges(messages)}, expected {ranges}")
         return messages
+
+
+@dataclass
+class _Prepared:
+    """A batch decoded and enriched, not yet written anywhere."""
+
+    ranges: list[OffsetRange]
+    table: pa.Table
+    dead: list[DeadLetter]
+    closed_because: str
+    started: float  # monotonic, when its landing began
+    stages: dict[str, float]
+    manifest_written: bool
+
+
+@dataclass
+class _InFlight:
+    """A batch whose manifest is written and whose sinks are writing."""
+
+    batch: _Prepared
+    writing: Writing
 
 
 class _StageClock:

@@ -12,7 +12,7 @@ ClickHouse session, before its offsets are committed.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +28,8 @@ from eventplatform.land.spend import ensure_backfilled, record_spend, serialized
 class Sinks:
     """Writes a batch's rows to the lake and ClickHouse in parallel (both release the GIL).
 
-    Use it as a context manager around a run: it owns the thread that does the inserts.
+    Use it as a context manager around a run: it owns the two threads that write (one per
+    sink), so the caller's thread is free to collect and decode the next batch meanwhile.
     """
 
     def __init__(
@@ -43,15 +44,18 @@ class Sinks:
         self.clickhouse = clickhouse
         self.partitions_per_insert = partitions_per_insert
         self._inserter: ThreadPoolExecutor | None = None
+        self._lake_writer: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Sinks:
         self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._lake_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._inserter is not None:
-            self._inserter.shutdown(wait=True)
-            self._inserter = None
+        for pool in (self._inserter, self._lake_writer):
+            if pool is not None:
+                pool.shutdown(wait=True)  # never leave a write running behind the run
+        self._inserter = self._lake_writer = None
 
     def warm_up(self) -> None:
         """Open the engine and do the spend's one-time backfill now, not in the first batch's
@@ -64,23 +68,29 @@ class Sinks:
     def write(
         self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
     ) -> list[WrittenFile]:
-        """Both sinks hold the batch when this returns; it raises if either failed, and
-        never leaves an insert running behind it. Adds ``parquet`` and ``clickhouse`` to
-        ``stages`` (seconds)."""
+        """Both sinks hold the batch when this returns; it raises if either failed."""
+        return self.start(table, ranges, stages).result()
+
+    def start(
+        self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
+    ) -> Writing:
+        """Start writing the batch to both sinks at once, each in its own thread. Adds
+        ``parquet``, ``clickhouse`` and ``spend`` to ``stages`` (seconds) as they finish."""
         if not table.num_rows:
-            return []
-        if self._inserter is None:
-            raise RuntimeError("Sinks.write outside of `with sinks:`")
+            return Writing(None, None)
+        if self._inserter is None or self._lake_writer is None:
+            raise RuntimeError("Sinks.start outside of `with sinks:`")
         inserting = self._inserter.submit(self.insert_clickhouse, table, ranges, stages)
-        try:
-            started = time.perf_counter()
-            files = self.rows.write_lake(self.lake_dir, table, ranges)
-            stages["parquet"] = stages.get("parquet", 0.0) + time.perf_counter() - started
-            crashpoint("after_parquet")
-        except BaseException:
-            wait([inserting])  # never leave an insert running behind a failed run
-            raise
-        inserting.result()
+        lake = self._lake_writer.submit(self.write_lake, table, ranges, stages)
+        return Writing(lake, inserting)
+
+    def write_lake(
+        self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
+    ) -> list[WrittenFile]:
+        started = time.perf_counter()
+        files = self.rows.write_lake(self.lake_dir, table, ranges)
+        stages["parquet"] = stages.get("parquet", 0.0) + time.perf_counter() - started
+        crashpoint("after_parquet")
         return files
 
     def insert_clickhouse(
@@ -111,6 +121,28 @@ class Sinks:
                 with serialized(self.clickhouse, self.lake_dir / "_landing" / "spend.lock"):
                     record_spend(client, self.clickhouse.database, table, token)
                 stages["spend"] = stages.get("spend", 0.0) + time.perf_counter() - started
+
+
+class Writing:
+    """A batch on its way into both sinks (``Sinks.start``)."""
+
+    def __init__(self, lake: Future[list[WrittenFile]] | None, insert: Future[None] | None):
+        self.lake, self.insert = lake, insert
+
+    def done(self) -> bool:
+        return all(f is None or f.done() for f in (self.lake, self.insert))
+
+    def wait_quietly(self) -> None:
+        """Until both writes have stopped, whatever their outcome (a run that is failing)."""
+        wait([f for f in (self.lake, self.insert) if f is not None])
+
+    def result(self) -> list[WrittenFile]:
+        """The lake's files once both sinks hold the batch; raises if either failed (after
+        both have stopped: no write is left running behind a failure)."""
+        wait([f for f in (self.lake, self.insert) if f is not None])
+        if self.insert is not None:
+            self.insert.result()
+        return self.lake.result() if self.lake is not None else []
 
 
 def partition_groups(table: pa.Table, column: str, limit: int) -> list[pa.Table]:
