@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 from datetime import date
 from typing import TYPE_CHECKING
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 @click.group()
 def main() -> None:
     """eventplatform: HTTP intake -> Kafka -> Parquet lake + ClickHouse, on Dagster."""
+    # `kill -USR1 <pid>` prints where every thread of a running command is (to its stderr):
+    # for a process that seems stuck, e.g. one that holds the embedded engine.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 @main.command("settings")

@@ -203,6 +203,7 @@ class _EngineSlot:
                 lock_file.close()
                 raise
             # the shared lock on .want ends with the with block: nobody waits any more
+        _say_who_holds(lock_file)
         try:
             client = clickhouse_connect.get_client(dsn=self.dsn)
         except BaseException:
@@ -220,6 +221,24 @@ class _EngineSlot:
                 return True
             fcntl.flock(want, fcntl.LOCK_UN)
             return False
+
+
+def _say_who_holds(lock_file) -> None:
+    """The holder's pid in the lock file, for whoever waits (:func:`engine_holder`)."""
+    lock_file.truncate(0)
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+
+
+def engine_holder(dsn: str) -> int | None:
+    """The pid of the process that holds (or last held) the embedded engine of ``dsn``: the
+    one to ask (``kill -USR1``, see ``eventplatform.cli``) when a session waits long."""
+    path = Path(dsn.removeprefix("chdb://"))
+    try:
+        text = path.with_name(path.name + ".lock").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class _Open:

@@ -20,7 +20,7 @@ import duckdb
 import httpx
 import pytest
 
-from eventplatform.clickhouse import platform_clickhouse
+from eventplatform.clickhouse import engine_holder, platform_clickhouse
 from eventplatform.collect.customers import CustomerStore
 from eventplatform.events.examples import example_event
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker
@@ -55,6 +55,20 @@ def assert_landed_once(settings: Settings, expected_ids: set[str]) -> None:
     assert len(ids) == len(set(ids)) == len(expected_ids) and set(ids) == expected_ids
     rows = clickhouse_count(settings, "SELECT count(), uniqExact(event_id) FROM {db}.events")
     assert rows == [(len(expected_ids), len(expected_ids))]
+
+
+def _print_where_landers_are(
+    settings: Settings, landers: list[subprocess.Popen], logs: dict[str, Path]
+) -> None:
+    """Each landing process's stacks (``kill -USR1``) and log, and who holds the engine."""
+    for lander in landers:
+        if lander.poll() is None:
+            lander.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    print(f"the embedded engine is held by pid {engine_holder(settings.clickhouse_dsn)}")
+    for lander, (source, log_path) in zip(landers, logs.items(), strict=True):
+        print(f"--- landing {source} (pid {lander.pid}, exit {lander.poll()}):")
+        print(log_path.read_text(errors="replace")[-20_000:])
 
 
 def test_broker_restart_under_load_loses_nothing_that_got_a_202(
@@ -168,6 +182,9 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
             0,
         )
         assert acme.overflow == overflowed and result.problems() == []
+    except BaseException:  # pytest-timeout's failure too: say where the landing processes were
+        _print_where_landers_are(settings, landers, lander_logs)
+        raise
     finally:
         for lander in landers:
             if lander.poll() is None:
