@@ -22,6 +22,7 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     Definitions,
+    ExecuteInProcessResult,
     RunRequest,
     build_schedule_context,
     build_sensor_context,
@@ -36,6 +37,7 @@ from eventplatform.defs.marts.automation import (
     marts_late_data_sensor,
     marts_schedules,
 )
+from eventplatform.defs.marts.backfill import materialize_range
 from eventplatform.defs.resources import platform_resources
 from eventplatform.marts.catalog import load_marts
 from eventplatform.settings import REPO_ROOT, Settings
@@ -46,9 +48,21 @@ HISTORY = ["product_active_users_daily", "product_retention_weekly"]
 STATE = ["daily_users", "user_activity"]  # the per-day user sets and the activity state
 
 
+@pytest.fixture(scope="module")
+def instance_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An instance folder whose SQLite storage Dagster created, once for the module (0.5-1 s
+    each time); ``instance`` opens a copy of it (tens of ms)."""
+    path = tmp_path_factory.mktemp("instance-template") / "instance"
+    path.mkdir()
+    with DagsterInstance.local_temp(str(path)):
+        pass
+    return path
+
+
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    (tmp_path / "instance").mkdir()
+def instance(tmp_path: Path, instance_template: Path) -> Iterator[DagsterInstance]:
+    """A real (SQLite) instance of this test's own, with no runs in it."""
+    shutil.copytree(instance_template, tmp_path / "instance")
     with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
         yield inst
 
@@ -62,6 +76,38 @@ def build(settings: Settings, instance: DagsterInstance, day: date, names: list[
         resources=platform_resources(settings),
         selection=[AssetKey(n) for n in names] if names else None,
     )
+
+
+@pytest.fixture(scope="module")
+def d1_built_once(
+    tmp_path_factory: pytest.TempPathFactory, instance_template: Path
+) -> tuple[Path, ExecuteInProcessResult]:
+    """The known lake with D1 materialized on a real instance, once for the module: the folder
+    (``data``, ``instance``) and the run's result. ``d1_built`` gives each test a copy."""
+    root = tmp_path_factory.mktemp("d1-built")
+    shutil.copytree(instance_template, root / "instance")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EP_DATA_DIR", str(root / "data"))
+        env.setenv("DAGSTER_HOME", str(root / "dagster"))
+        settings = Settings()
+        make_lake(settings.lake_dir)
+        with DagsterInstance.local_temp(str(root / "instance")) as inst:
+            result = build(settings, inst, D1)
+    return root, result
+
+
+@pytest.fixture
+def d1_built(
+    mart_env: Settings, tmp_path: Path, d1_built_once
+) -> Iterator[tuple[DagsterInstance, ExecuteInProcessResult]]:
+    """This test's copy of ``d1_built_once`` (its data folder is ``mart_env``'s): its instance
+    and the run that built D1."""
+    root, result = d1_built_once
+    # symlinks kept: the embedded engine's folder links its tables relatively (data/ -> store/)
+    shutil.copytree(root / "data", mart_env.data_dir, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(root / "instance", tmp_path / "instance")
+    with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
+        yield inst, result
 
 
 def impressions(settings: Settings, day: date) -> int:
@@ -106,10 +152,9 @@ def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> N
 
 
 def test_materializing_a_partition_records_its_figures_and_passing_checks(
-    mart_env: Settings, instance: DagsterInstance
+    mart_env: Settings, d1_built
 ) -> None:
-    make_lake(mart_env.lake_dir)
-    result = build(mart_env, instance, D1)
+    instance, result = d1_built  # the run that built D1 on the known lake
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert sorted(c.asset_key.path[-1] for c in checks) == ALL and all(c.passed for c in checks)
@@ -118,6 +163,7 @@ def test_materializing_a_partition_records_its_figures_and_passing_checks(
     assert by_asset["campaign_performance_daily"].metadata["dagster/row_count"].value == 2
     assert str(D1) in by_asset["product_retention_weekly"].metadata[FINGERPRINTS].value
     assert impressions(mart_env, D1) == 6
+    assert instance.get_materialized_partitions(AssetKey("campaign_performance_daily")) == {str(D1)}
 
 
 def test_the_check_fails_on_a_mart_that_does_not_reconcile(
@@ -147,10 +193,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
     older, day_before, yesterday = (today - timedelta(days=n) for n in (3, 2, 1))
     for day in (older, day_before, yesterday):
         land(mart_env.lake_dir, [ad("impression", day, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
-    assert (
-        build(mart_env, instance, day_before).success
-        and build(mart_env, instance, yesterday).success
-    )
+    # the two days built, in one run (as `eventplatform marts build` builds a range)
+    assert materialize_range(day_before, yesterday, instance=instance, settings=mart_env).success
 
     def evaluate():
         sensor = marts_late_data_sensor(mart_env.marts.sensor_interval_s)
@@ -158,7 +202,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
             build_sensor_context(instance=instance, resources=platform_resources(mart_env))
         )
 
-    assert evaluate().skip_reason is not None and not evaluate().run_requests
+    nothing_late = evaluate()
+    assert nothing_late.skip_reason is not None and not nothing_late.run_requests
 
     # an impression for the day before yesterday lands late; `older` was never built
     land(mart_env.lake_dir, [ad("impression", day_before, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
@@ -179,7 +224,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
         assert build(mart_env, instance, date.fromisoformat(request.partition_key), names).success
     assert impressions(mart_env, day_before) == 2
     assert impressions(mart_env, yesterday) == 1
-    assert evaluate().skip_reason is not None and not evaluate().run_requests
+    rebuilt = evaluate()
+    assert rebuilt.skip_reason is not None and not rebuilt.run_requests
 
 
 def test_the_daily_schedule_builds_yesterday_after_the_day_closes(mart_env: Settings) -> None:
@@ -226,27 +272,24 @@ def test_automation_builds_today_once_per_tick_after_events_landed(
     assert sensor.run_tags == {"eventplatform/marts": "build"}  # one marts build at a time
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "eventplatform.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-    )
-
-
 def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     mart_env: Settings, tmp_path: Path
 ) -> None:
     make_lake(mart_env.lake_dir)
     env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    built = run_cli("marts", "build", "--start", str(D0), "--end", str(D2), env=env)
-    assert built.returncode == 0, built.stderr[-3000:]
+
+    def cli(*args: str):
+        """`eventplatform ...` in this process (Click's runner, the environment ``env``): the
+        command's code is what a user runs, without paying a Python and a Dagster start per
+        call; the Dagster CLI's own process is the next test's."""
+        return CliRunner().invoke(cli_main, list(args), env=env, catch_exceptions=False)
+
+    built = cli("marts", "build", "--start", str(D0), "--end", str(D2))
+    assert built.exit_code == 0, built.output[-3000:]
     assert f"{D1} campaign_performance_daily: 2 rows" in built.stdout
     assert "all reconciled" in built.stdout
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert len(instance.get_run_records()) == 1  # the range is one run
         for name in ALL:
             partitions = instance.get_materialized_partitions(AssetKey(name))
             assert {str(D0), str(D1), str(D2)} <= partitions, name
@@ -256,8 +299,8 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
         "FROM campaign_performance_daily GROUP BY ALL ORDER BY event_date"
     )
 
-    def sql(*args: str):  # `eventplatform sql`, in this process (the build above is the CLI's)
-        return CliRunner().invoke(cli_main, ["sql", *args], env=env, catch_exceptions=False)
+    def sql(*args: str):  # `eventplatform sql`
+        return cli("sql", *args)
 
     table = sql(query)
     assert table.exit_code == 0, table.output
@@ -319,15 +362,15 @@ def test_dagster_cli_materializes_a_partition_range_in_one_run(
 
 
 def test_the_check_alone_compares_the_stored_day_with_the_events(
-    mart_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    mart_env: Settings, d1_built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Run alone, the check looks at the built days of the late-arrival window."""
     monkeypatch.setenv("EP_MARTS_LATE_ARRIVAL_DAYS", "3650")  # the test's days are in 2026
     settings = Settings()
     from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 
-    make_lake(mart_env.lake_dir)
-    assert build(settings, instance, D1).success
+    instance, built = d1_built  # D1 built on the known lake
+    assert built.success
     check = AssetSelection.checks(
         AssetCheckKey(AssetKey("campaign_performance_daily"), "reconciles_with_events")
     )
