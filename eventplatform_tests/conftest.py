@@ -5,10 +5,18 @@ tier, README, Tests): ``kafka`` when the fixture closure holds the session broke
 broker's jars (a test that starts brokers of its own), ``postgres`` when it holds a PostgreSQL
 server, ``marts`` when it builds the marts (``mart_env``). Nothing is marked by hand, so a new
 test is in the right tier by what it asks for.
+
+Dagster instances of the tests live in memory (``memory_path``): Dagster's SQLite storage
+syncs each event to disk (about 700 fdatasync calls per run of the marts), which on a busy
+disk costs more than the run itself, and no test here is about the instance surviving a
+power cut.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,9 +113,33 @@ def topics(platform_env: Settings) -> Settings:
     return platform_env
 
 
+@pytest.fixture(scope="session")
+def memory_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder in memory for the session (under /dev/shm, removed after the session); on a
+    machine without a writable /dev/shm, a folder of the session's temporary folder."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path_factory.mktemp("memory")
+        return
+    path = Path(tempfile.mkdtemp(prefix="eventplatform-tests-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    """Settings with this test's own data folder and Dagster home (no Kafka needed)."""
+def memory_path(memory_dir: Path, request: pytest.FixtureRequest) -> Path:
+    """Like ``tmp_path``, in memory (``memory_dir``): a new empty folder for this test."""
+    return Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=memory_dir))
+
+
+@pytest.fixture
+def mart_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, memory_path: Path
+) -> Iterator[Settings]:
+    """Settings with this test's own data folder and Dagster home (in memory: see the
+    module), no Kafka needed."""
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("DAGSTER_HOME", str(memory_path / "dagster"))
     yield get_settings()

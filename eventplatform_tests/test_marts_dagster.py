@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -49,10 +50,10 @@ STATE = ["daily_users", "user_activity"]  # the per-day user sets and the activi
 
 
 @pytest.fixture(scope="module")
-def instance_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def instance_template(memory_dir: Path) -> Path:
     """An instance folder whose SQLite storage Dagster created, once for the module (0.5-1 s
-    each time); ``instance`` opens a copy of it (tens of ms)."""
-    path = tmp_path_factory.mktemp("instance-template") / "instance"
+    each time); ``instance`` opens a copy of it (tens of ms). In memory (conftest.py)."""
+    path = Path(tempfile.mkdtemp(prefix="instance-template-", dir=memory_dir)) / "instance"
     path.mkdir()
     with DagsterInstance.local_temp(str(path)):
         pass
@@ -60,10 +61,10 @@ def instance_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def instance(tmp_path: Path, instance_template: Path) -> Iterator[DagsterInstance]:
+def instance(memory_path: Path, instance_template: Path) -> Iterator[DagsterInstance]:
     """A real (SQLite) instance of this test's own, with no runs in it."""
-    shutil.copytree(instance_template, tmp_path / "instance")
-    with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
+    shutil.copytree(instance_template, memory_path / "instance")
+    with DagsterInstance.local_temp(str(memory_path / "instance")) as inst:
         yield inst
 
 
@@ -80,33 +81,34 @@ def build(settings: Settings, instance: DagsterInstance, day: date, names: list[
 
 @pytest.fixture(scope="module")
 def d1_built_once(
-    tmp_path_factory: pytest.TempPathFactory, instance_template: Path
-) -> tuple[Path, ExecuteInProcessResult]:
-    """The known lake with D1 materialized on a real instance, once for the module: the folder
-    (``data``, ``instance``) and the run's result. ``d1_built`` gives each test a copy."""
-    root = tmp_path_factory.mktemp("d1-built")
-    shutil.copytree(instance_template, root / "instance")
+    tmp_path_factory: pytest.TempPathFactory, memory_dir: Path, instance_template: Path
+) -> tuple[Path, Path, ExecuteInProcessResult]:
+    """The known lake with D1 materialized on a real instance, once for the module: its data
+    folder, its instance folder and the run's result. ``d1_built`` gives each test copies."""
+    data = tmp_path_factory.mktemp("d1-built") / "data"
+    home = Path(tempfile.mkdtemp(prefix="d1-built-", dir=memory_dir))
+    shutil.copytree(instance_template, home / "instance")
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("EP_DATA_DIR", str(root / "data"))
-        env.setenv("DAGSTER_HOME", str(root / "dagster"))
+        env.setenv("EP_DATA_DIR", str(data))
+        env.setenv("DAGSTER_HOME", str(home / "dagster"))
         settings = Settings()
         make_lake(settings.lake_dir)
-        with DagsterInstance.local_temp(str(root / "instance")) as inst:
+        with DagsterInstance.local_temp(str(home / "instance")) as inst:
             result = build(settings, inst, D1)
-    return root, result
+    return data, home / "instance", result
 
 
 @pytest.fixture
 def d1_built(
-    mart_env: Settings, tmp_path: Path, d1_built_once
+    mart_env: Settings, memory_path: Path, d1_built_once
 ) -> Iterator[tuple[DagsterInstance, ExecuteInProcessResult]]:
     """This test's copy of ``d1_built_once`` (its data folder is ``mart_env``'s): its instance
     and the run that built D1."""
-    root, result = d1_built_once
+    data, instance_dir, result = d1_built_once
     # symlinks kept: the embedded engine's folder links its tables relatively (data/ -> store/)
-    shutil.copytree(root / "data", mart_env.data_dir, symlinks=True, dirs_exist_ok=True)
-    shutil.copytree(root / "instance", tmp_path / "instance")
-    with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
+    shutil.copytree(data, mart_env.data_dir, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(instance_dir, memory_path / "instance")
+    with DagsterInstance.local_temp(str(memory_path / "instance")) as inst:
         yield inst, result
 
 
@@ -276,7 +278,7 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     mart_env: Settings, tmp_path: Path
 ) -> None:
     make_lake(mart_env.lake_dir)
-    env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(mart_env.dagster_home)}
 
     def cli(*args: str):
         """`eventplatform ...` in this process (Click's runner, the environment ``env``): the
@@ -288,7 +290,7 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     assert built.exit_code == 0, built.output[-3000:]
     assert f"{D1} campaign_performance_daily: 2 rows" in built.stdout
     assert "all reconciled" in built.stdout
-    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+    with DagsterInstance.from_config(str(mart_env.dagster_home)) as instance:
         assert len(instance.get_run_records()) == 1  # the range is one run
         for name in ALL:
             partitions = instance.get_materialized_partitions(AssetKey(name))
@@ -325,11 +327,9 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     assert bad.exit_code == 1 and "nope" in bad.stderr
 
 
-def test_dagster_cli_materializes_a_partition_range_in_one_run(
-    mart_env: Settings, tmp_path: Path
-) -> None:
+def test_dagster_cli_materializes_a_partition_range_in_one_run(mart_env: Settings) -> None:
     make_lake(mart_env.lake_dir)
-    home = tmp_path / "dagster"
+    home = mart_env.dagster_home  # in memory (conftest.py)
     home.mkdir()
     env = {**os.environ, "EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(home)}
     result = subprocess.run(
