@@ -18,13 +18,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker, install_jars
-from eventplatform.settings import Settings, get_settings
+from eventplatform.settings import REPO_ROOT, Settings, get_settings
 
 # fixture -> marker: a test whose fixture closure holds the fixture gets the marker
 SERVICE_FIXTURES: dict[str, str] = {
@@ -132,6 +133,28 @@ def memory_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def memory_path(memory_dir: Path, request: pytest.FixtureRequest) -> Path:
     """Like ``tmp_path``, in memory (``memory_dir``): a new empty folder for this test."""
     return Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=memory_dir))
+
+
+@pytest.fixture(scope="session")
+def clickhouse_with_ddl(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[Path, str], ClickHouse]:
+    """``make(folder, database)``: an embedded ClickHouse in ``folder`` with the platform's DDL
+    (``sql/clickhouse``) applied to ``database``, as ``ClickHouse(...).apply_ddl(...)`` leaves
+    it. The DDL is applied once per database and session (0.25-0.5 s each time), each call
+    copies that folder (tens of ms). Tests about the DDL itself apply it themselves."""
+    templates: dict[str, Path] = {}
+
+    def make(folder: Path, database: str) -> ClickHouse:
+        if database not in templates:
+            template = tmp_path_factory.mktemp(f"clickhouse-{database}") / "ch"
+            ClickHouse(f"chdb://{template}", database).apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+            templates[database] = template  # the engine is closed after each session
+        # symlinks kept: the engine's folder links its tables relatively (data/ -> store/)
+        shutil.copytree(templates[database], folder, symlinks=True)
+        return ClickHouse(f"chdb://{folder}", database)
+
+    return make
 
 
 @pytest.fixture

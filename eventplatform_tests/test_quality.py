@@ -21,17 +21,15 @@ from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
 from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
 from eventplatform.quality.lag_samples import consumer_lag_outcome, record_lag_sample
-from eventplatform.settings import REPO_ROOT, QualitySettings
+from eventplatform.settings import QualitySettings
 from eventplatform_tests.helpers import decoded_event, land_rows
 
 NOW = datetime(2026, 11, 23, 15, 20, tzinfo=UTC)
 
 
 @pytest.fixture
-def ch(tmp_path: Path) -> ClickHouse:
-    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_quality")
-    clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return clickhouse
+def ch(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
+    return clickhouse_with_ddl(tmp_path / "ch", "ep_quality")
 
 
 def views(customer: str, n: int, received: datetime, tag: str = "", **kw) -> list[dict]:

@@ -12,7 +12,7 @@ from eventplatform.clickhouse import ClickHouse
 from eventplatform.quality import checks
 from eventplatform.quality.evaluate import DETECTORS, EvalSpec, evaluate
 from eventplatform.quality.kafka_stats import DeadLetterSample
-from eventplatform.settings import REPO_ROOT, QualitySettings
+from eventplatform.settings import QualitySettings
 from eventplatform_tests.helpers import decoded_event, land_rows
 
 
@@ -45,10 +45,8 @@ NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def ch(tmp_path: Path) -> ClickHouse:
-    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_quality_labelled")
-    clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return clickhouse
+def ch(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
+    return clickhouse_with_ddl(tmp_path / "ch", "ep_quality_labelled")
 
 
 def test_freshness_does_not_flag_a_quiet_customer(ch) -> None:
