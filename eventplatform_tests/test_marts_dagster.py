@@ -275,9 +275,12 @@ def test_automation_builds_today_once_per_tick_after_events_landed(
 
 
 def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
-    mart_env: Settings, tmp_path: Path
+    mart_env: Settings, tmp_path: Path, instance_template: Path
 ) -> None:
     make_lake(mart_env.lake_dir)
+    # a Dagster home whose instance storage exists (Dagster creating it on a fresh home is
+    # the Dagster CLI test's, below); the command writes its dagster.yaml into it
+    shutil.copytree(instance_template, mart_env.dagster_home)
     env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(mart_env.dagster_home)}
 
     def cli(*args: str):
