@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,8 +46,12 @@ NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def ch(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
-    return clickhouse_with_ddl(tmp_path / "ch", "ep_quality_labelled")
+def ch(tmp_path: Path, clickhouse_with_ddl) -> Iterator[ClickHouse]:
+    """The embedded engine with the DDL, kept open for the test (a lease, as the labelled run
+    above keeps it): the same queries, without an open per query."""
+    clickhouse = clickhouse_with_ddl(tmp_path / "ch", "ep_quality_labelled")
+    with clickhouse.lease():
+        yield clickhouse
 
 
 def test_freshness_does_not_flag_a_quiet_customer(ch) -> None:
