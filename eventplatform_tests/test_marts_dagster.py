@@ -333,10 +333,14 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     assert bad.exit_code == 1 and "nope" in bad.stderr
 
 
-def test_dagster_cli_materializes_a_partition_range_in_one_run(mart_env: Settings) -> None:
+def test_dagster_cli_materializes_a_partition_range_in_one_run(
+    mart_env: Settings, instance_template: Path
+) -> None:
     make_lake(mart_env.lake_dir)
     home = mart_env.dagster_home  # in memory (conftest.py)
-    home.mkdir()
+    # its instance storage made (Dagster makes it on a fresh home in instance_template and
+    # in test_cli_and_dagster.py's `dagster definitions validate`)
+    shutil.copytree(instance_template, home)
     env = {**os.environ, "EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(home)}
     result = subprocess.run(
         [

@@ -18,12 +18,13 @@ from eventplatform_tests.helpers import decoded_event, land_rows
 
 
 def test_every_injected_anomaly_found_and_no_false_alarm(tmp_path: Path) -> None:
-    # Four days of history (EvalSpec's default is seven): the volume check's median is then
-    # over four days, above its minimum of three (volume_min_history_days); every kind is
-    # still injected, at the same hours, and the run still lands over 100,000 events. About
-    # 70 % of the time; seeds 1, 2, 3 and 11 pass with both. bench/bench_quality.py runs the
-    # seven days (bigger, over several seeds).
-    report = evaluate(EvalSpec(days=5), workdir=tmp_path)
+    # Three days of history (EvalSpec's default is seven): the volume check's median is then
+    # over three days, the minimum it takes (volume_min_history_days); every kind is still
+    # injected, at the same hours, and the run still lands over 100,000 events (115,000 to
+    # 122,000 over seeds 1, 2, 3, 11, which pass with 3, 4 and 7 days of history alike).
+    # About 60 % of the time; bench/bench_quality.py runs the seven days (bigger, over several
+    # seeds).
+    report = evaluate(EvalSpec(days=4), workdir=tmp_path)
     print(report.table())  # shown with -s, and on failure
 
     assert set(report.by_kind) == set(DETECTORS), "one anomaly of each kind is injected"
