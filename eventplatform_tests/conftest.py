@@ -5,18 +5,27 @@ tier, README, Tests): ``kafka`` when the fixture closure holds the session broke
 broker's jars (a test that starts brokers of its own), ``postgres`` when it holds a PostgreSQL
 server, ``marts`` when it builds the marts (``mart_env``). Nothing is marked by hand, so a new
 test is in the right tier by what it asks for.
+
+Dagster instances of the tests live in memory (``memory_path``): Dagster's SQLite storage
+syncs each event to disk (about 700 fdatasync calls per run of the marts), which on a busy
+disk costs more than the run itself, and no test here is about the instance surviving a
+power cut.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker, install_jars
-from eventplatform.settings import Settings, get_settings
+from eventplatform.settings import REPO_ROOT, Settings, get_settings
 
 # fixture -> marker: a test whose fixture closure holds the fixture gets the marker
 SERVICE_FIXTURES: dict[str, str] = {
@@ -105,9 +114,55 @@ def topics(platform_env: Settings) -> Settings:
     return platform_env
 
 
+@pytest.fixture(scope="session")
+def memory_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder in memory for the session (under /dev/shm, removed after the session); on a
+    machine without a writable /dev/shm, a folder of the session's temporary folder."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path_factory.mktemp("memory")
+        return
+    path = Path(tempfile.mkdtemp(prefix="eventplatform-tests-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def mart_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    """Settings with this test's own data folder and Dagster home (no Kafka needed)."""
+def memory_path(memory_dir: Path, request: pytest.FixtureRequest) -> Path:
+    """Like ``tmp_path``, in memory (``memory_dir``): a new empty folder for this test."""
+    return Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=memory_dir))
+
+
+@pytest.fixture(scope="session")
+def clickhouse_with_ddl(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[Path, str], ClickHouse]:
+    """``make(folder, database)``: an embedded ClickHouse in ``folder`` with the platform's DDL
+    (``sql/clickhouse``) applied to ``database``, as ``ClickHouse(...).apply_ddl(...)`` leaves
+    it. The DDL is applied once per database and session (0.25-0.5 s each time), each call
+    copies that folder (tens of ms). Tests about the DDL itself apply it themselves."""
+    templates: dict[str, Path] = {}
+
+    def make(folder: Path, database: str) -> ClickHouse:
+        if database not in templates:
+            template = tmp_path_factory.mktemp(f"clickhouse-{database}") / "ch"
+            ClickHouse(f"chdb://{template}", database).apply_ddl(REPO_ROOT / "sql" / "clickhouse")
+            templates[database] = template  # the engine is closed after each session
+        # symlinks kept: the engine's folder links its tables relatively (data/ -> store/)
+        shutil.copytree(templates[database], folder, symlinks=True)
+        return ClickHouse(f"chdb://{folder}", database)
+
+    return make
+
+
+@pytest.fixture
+def mart_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, memory_path: Path
+) -> Iterator[Settings]:
+    """Settings with this test's own data folder and Dagster home (in memory: see the
+    module), no Kafka needed."""
     monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("DAGSTER_HOME", str(memory_path / "dagster"))
     yield get_settings()

@@ -18,7 +18,6 @@ from eventplatform.budgets.spend import read_spend
 from eventplatform.clickhouse import ClickHouse
 from eventplatform.kafka.clients import make_admin
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
-from eventplatform.settings import REPO_ROOT
 from eventplatform_tests.helpers import decoded_event, land_rows
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -26,10 +25,8 @@ HEADER = "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,ti
 
 
 @pytest.fixture
-def clickhouse(tmp_path: Path) -> ClickHouse:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch", "ep_budgets")
-    ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return ch
+def clickhouse(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
+    return clickhouse_with_ddl(tmp_path / "ch", "ep_budgets")
 
 
 @pytest.fixture

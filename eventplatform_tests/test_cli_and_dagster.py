@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from click.testing import CliRunner
 from dagster import DagsterInstance, materialize
 
+from eventplatform.cli import main as cli_main
 from eventplatform.kafka.broker import free_port
 from eventplatform.kafka.clients import make_admin
 from eventplatform.settings import REPO_ROOT, Settings
@@ -29,15 +31,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 
 
 def test_settings_are_overridable_by_environment(tmp_path: Path) -> None:
-    result = run_cli(
-        "settings",
+    # `eventplatform settings` in this process (Click's runner sets the environment for the
+    # call): the settings are read from the environment the same way in a child process
+    result = CliRunner().invoke(
+        cli_main,
+        ["settings"],
         env={
             "EP_DATA_DIR": str(tmp_path),
             "EP_KAFKA_PORT": "19999",
             "EP_CLICKHOUSE_DATABASE": "analytics",
         },
+        catch_exceptions=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     effective = json.loads(result.stdout)
     assert effective["kafka.port"] == 19999
     assert effective["derived.kafka_bootstrap"] == "127.0.0.1:19999"

@@ -8,7 +8,6 @@ import json
 
 import httpx
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,10 +111,12 @@ def test_good_events_take_the_fast_path(event_type: str) -> None:
         }
 
 
-OPENAPI = schemathesis.openapi.from_dict(openapi_document())
-
-
 def test_collector_fuzz_no_5xx_and_every_event_accounted_for(platform_env: Settings) -> None:
+    # imported here, not at collection: Schemathesis and the schema take 1-2 s to load, which
+    # every run of this module's other tests (the no-broker tier) would pay
+    import schemathesis
+
+    openapi = schemathesis.openapi.from_dict(openapi_document())
     ensure_topics(make_admin(platform_env.kafka.bootstrap), platform_topics(platform_env.kafka))
     key = CustomerStore(platform_env.customers_db).add("fuzz")
     totals = {"requests": 0, "accepted": 0, "overflowed": 0, "rejected": 0}
@@ -142,7 +143,7 @@ def test_collector_fuzz_no_5xx_and_every_event_accounted_for(platform_env: Setti
                     totals[name] += body[name]
                 totals["rejected"] += len(body["rejected"])
 
-        operation = OPENAPI["/v1/events"]["POST"]
+        operation = openapi["/v1/events"]["POST"]
 
         @settings(
             max_examples=150,

@@ -52,10 +52,8 @@ QUALITY = QualitySettings(window_minutes=60)
 
 
 @pytest.fixture
-def clickhouse(tmp_path: Path) -> ClickHouse:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch", "ep_isolation")
-    ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return ch
+def clickhouse(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
+    return clickhouse_with_ddl(tmp_path / "ch", "ep_isolation")
 
 
 def conversions(customer: str, campaign: str, costs: list[float], ids: list[str]) -> list[dict]:

@@ -53,9 +53,10 @@ def test_clickhouse_ddl_has_the_lake_columns_in_order(tmp_path: Path) -> None:
     assert columns == landed_schema().names
 
 
-def test_retried_insert_with_the_same_token_is_deduplicated(tmp_path: Path) -> None:
-    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_test")
-    clickhouse.apply_ddl(SQL_DIR)
+def test_retried_insert_with_the_same_token_is_deduplicated(
+    tmp_path: Path, clickhouse_with_ddl
+) -> None:
+    clickhouse = clickhouse_with_ddl(tmp_path / "ch", "ep_test")
     events = decoded_examples()
     table = events_to_arrow(events, "events.raw", 0, list(range(len(events))), 5000)
     with clickhouse.session() as client:
@@ -68,12 +69,11 @@ def test_retried_insert_with_the_same_token_is_deduplicated(tmp_path: Path) -> N
 
 
 def test_the_landing_insert_lands_what_insert_arrow_does_and_deduplicates_with_it(
-    tmp_path: Path,
+    tmp_path: Path, clickhouse_with_ddl
 ) -> None:
     """``ClickHouse.insert_arrow`` (through a file, for memory) against the client's own: the
     same rows, and one batch's token recognised by both (a batch replayed after an upgrade)."""
-    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_test")
-    clickhouse.apply_ddl(SQL_DIR)
+    clickhouse = clickhouse_with_ddl(tmp_path / "ch", "ep_test")
     events = decoded_examples()
     table = pa.concat_tables(  # several record batches, as a big batch's decoding can give
         [events_to_arrow(events, "events.raw", 0, list(range(len(events))), 5000)] * 3

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import shutil
 from datetime import date, timedelta
+from pathlib import Path
 
 import duckdb
+import pytest
 
 from eventplatform.marts.activity import STATE_DIR
 from eventplatform.marts.build import MartBuilder
@@ -44,18 +46,35 @@ def build(builder: MartBuilder, day: date) -> str:
     return builder.activity.source
 
 
-def three_days(settings: Settings) -> MartBuilder:
-    lake = settings.lake_dir
-    land(lake, [visit("shop", "u1", X), visit("shop", "u2", X), visit("other", "v1", X)])
-    land(lake, [visit("shop", "u2", DAYS[1]), visit("shop", "u3", DAYS[1])])
-    land(lake, [visit("shop", "u4", DAYS[2]), visit("other", "v2", DAYS[2])])
-    builder = MartBuilder(settings)
-    assert [build(builder, d) for d in DAYS[:3]] == ["rebuilt", "chained", "chained"]
-    return builder
+@pytest.fixture(scope="module")
+def three_days_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three days landed and built (the state made once, then chained), once for the module:
+    the data folder. ``three_days`` gives each test a copy."""
+    data_dir = tmp_path_factory.mktemp("three-days") / "data"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EP_DATA_DIR", str(data_dir))
+        settings = Settings()
+        lake = settings.lake_dir
+        land(lake, [visit("shop", "u1", X), visit("shop", "u2", X), visit("other", "v1", X)])
+        land(lake, [visit("shop", "u2", DAYS[1]), visit("shop", "u3", DAYS[1])])
+        land(lake, [visit("shop", "u4", DAYS[2]), visit("other", "v2", DAYS[2])])
+        builder = MartBuilder(settings)
+        assert [build(builder, d) for d in DAYS[:3]] == ["rebuilt", "chained", "chained"]
+    return data_dir
 
 
-def test_the_chained_state_gives_what_a_rebuild_from_the_lake_gives(mart_env: Settings) -> None:
-    builder = three_days(mart_env)
+@pytest.fixture
+def three_days(mart_env: Settings, three_days_once: Path) -> MartBuilder:
+    """A builder over this test's copy of ``three_days_once`` (the copies keep the files'
+    modification times, so the inputs' fingerprints are the built ones)."""
+    shutil.copytree(three_days_once, mart_env.data_dir, dirs_exist_ok=True)
+    return MartBuilder(mart_env)
+
+
+def test_the_chained_state_gives_what_a_rebuild_from_the_lake_gives(
+    mart_env: Settings, three_days: MartBuilder
+) -> None:
+    builder = three_days
     assert active(mart_env, DAYS[2]) == {"other": (1, 2, 2), "shop": (1, 4, 4)}
     chained = {m: rows(mart_env, m, DAYS[2]) for m in NAMES[:2]}
     # the retention of the week so far: cohort of the week (Monday X), u4 active on Wednesday
@@ -70,9 +89,9 @@ def test_the_chained_state_gives_what_a_rebuild_from_the_lake_gives(mart_env: Se
 
 
 def test_late_data_on_a_past_day_invalidates_the_states_that_include_it(
-    mart_env: Settings,
+    mart_env: Settings, three_days: MartBuilder
 ) -> None:
-    builder = three_days(mart_env)
+    builder = three_days
     land(mart_env.lake_dir, [visit("shop", "u9", X, hour=23)])  # late, for the first day
 
     # the day after is built before the late day is: yesterday's state counted the old X
@@ -87,12 +106,12 @@ def test_late_data_on_a_past_day_invalidates_the_states_that_include_it(
 
 
 def test_a_customers_history_replay_costs_the_others_one_rebuild_from_the_day_sets(
-    mart_env: Settings,
+    mart_env: Settings, three_days: MartBuilder
 ) -> None:
     """A customer replaying old days changes those days' files: the next build rebuilds the
     state once, from the window's per-day sets, recomputing only the replayed days from the
     lake; the other customers' figures do not change and the day after chains again."""
-    builder = three_days(mart_env)
+    builder = three_days
     before = active(mart_env, DAYS[2])
     replay = [visit("replayer", f"r{n}", d) for d in DAYS[:2] for n in range(50)]
     land(mart_env.lake_dir, replay)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     Definitions,
+    ExecuteInProcessResult,
     RunRequest,
     build_schedule_context,
     build_sensor_context,
@@ -36,20 +38,33 @@ from eventplatform.defs.marts.automation import (
     marts_late_data_sensor,
     marts_schedules,
 )
+from eventplatform.defs.marts.backfill import materialize_range
 from eventplatform.defs.resources import platform_resources
 from eventplatform.marts.catalog import load_marts
 from eventplatform.settings import REPO_ROOT, Settings
-from eventplatform_tests.marts_data import D0, D1, D2, ad, land, make_lake
+from eventplatform_tests.marts_data import D1, D2, ad, land, make_lake
 
 ALL = sorted(m.name for m in load_marts(REPO_ROOT / "sql" / "marts"))
 HISTORY = ["product_active_users_daily", "product_retention_weekly"]
 STATE = ["daily_users", "user_activity"]  # the per-day user sets and the activity state
 
 
+@pytest.fixture(scope="module")
+def instance_template(memory_dir: Path) -> Path:
+    """An instance folder whose SQLite storage Dagster created, once for the module (0.5-1 s
+    each time); ``instance`` opens a copy of it (tens of ms). In memory (conftest.py)."""
+    path = Path(tempfile.mkdtemp(prefix="instance-template-", dir=memory_dir)) / "instance"
+    path.mkdir()
+    with DagsterInstance.local_temp(str(path)):
+        pass
+    return path
+
+
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    (tmp_path / "instance").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "instance")) as inst:
+def instance(memory_path: Path, instance_template: Path) -> Iterator[DagsterInstance]:
+    """A real (SQLite) instance of this test's own, with no runs in it."""
+    shutil.copytree(instance_template, memory_path / "instance")
+    with DagsterInstance.local_temp(str(memory_path / "instance")) as inst:
         yield inst
 
 
@@ -62,6 +77,39 @@ def build(settings: Settings, instance: DagsterInstance, day: date, names: list[
         resources=platform_resources(settings),
         selection=[AssetKey(n) for n in names] if names else None,
     )
+
+
+@pytest.fixture(scope="module")
+def d1_built_once(
+    tmp_path_factory: pytest.TempPathFactory, memory_dir: Path, instance_template: Path
+) -> tuple[Path, Path, ExecuteInProcessResult]:
+    """The known lake with D1 materialized on a real instance, once for the module: its data
+    folder, its instance folder and the run's result. ``d1_built`` gives each test copies."""
+    data = tmp_path_factory.mktemp("d1-built") / "data"
+    home = Path(tempfile.mkdtemp(prefix="d1-built-", dir=memory_dir))
+    shutil.copytree(instance_template, home / "instance")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EP_DATA_DIR", str(data))
+        env.setenv("DAGSTER_HOME", str(home / "dagster"))
+        settings = Settings()
+        make_lake(settings.lake_dir)
+        with DagsterInstance.local_temp(str(home / "instance")) as inst:
+            result = build(settings, inst, D1)
+    return data, home / "instance", result
+
+
+@pytest.fixture
+def d1_built(
+    mart_env: Settings, memory_path: Path, d1_built_once
+) -> Iterator[tuple[DagsterInstance, ExecuteInProcessResult]]:
+    """This test's copy of ``d1_built_once`` (its data folder is ``mart_env``'s): its instance
+    and the run that built D1."""
+    data, instance_dir, result = d1_built_once
+    # symlinks kept: the embedded engine's folder links its tables relatively (data/ -> store/)
+    shutil.copytree(data, mart_env.data_dir, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(instance_dir, memory_path / "instance")
+    with DagsterInstance.local_temp(str(memory_path / "instance")) as inst:
+        yield inst, result
 
 
 def impressions(settings: Settings, day: date) -> int:
@@ -106,10 +154,9 @@ def test_the_marts_are_assets_with_lineage_owners_and_column_descriptions() -> N
 
 
 def test_materializing_a_partition_records_its_figures_and_passing_checks(
-    mart_env: Settings, instance: DagsterInstance
+    mart_env: Settings, d1_built
 ) -> None:
-    make_lake(mart_env.lake_dir)
-    result = build(mart_env, instance, D1)
+    instance, result = d1_built  # the run that built D1 on the known lake
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert sorted(c.asset_key.path[-1] for c in checks) == ALL and all(c.passed for c in checks)
@@ -118,6 +165,7 @@ def test_materializing_a_partition_records_its_figures_and_passing_checks(
     assert by_asset["campaign_performance_daily"].metadata["dagster/row_count"].value == 2
     assert str(D1) in by_asset["product_retention_weekly"].metadata[FINGERPRINTS].value
     assert impressions(mart_env, D1) == 6
+    assert instance.get_materialized_partitions(AssetKey("campaign_performance_daily")) == {str(D1)}
 
 
 def test_the_check_fails_on_a_mart_that_does_not_reconcile(
@@ -147,10 +195,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
     older, day_before, yesterday = (today - timedelta(days=n) for n in (3, 2, 1))
     for day in (older, day_before, yesterday):
         land(mart_env.lake_dir, [ad("impression", day, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
-    assert (
-        build(mart_env, instance, day_before).success
-        and build(mart_env, instance, yesterday).success
-    )
+    # the two days built, in one run (as `eventplatform marts build` builds a range)
+    assert materialize_range(day_before, yesterday, instance=instance, settings=mart_env).success
 
     def evaluate():
         sensor = marts_late_data_sensor(mart_env.marts.sensor_interval_s)
@@ -158,7 +204,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
             build_sensor_context(instance=instance, resources=platform_resources(mart_env))
         )
 
-    assert evaluate().skip_reason is not None and not evaluate().run_requests
+    nothing_late = evaluate()
+    assert nothing_late.skip_reason is not None and not nothing_late.run_requests
 
     # an impression for the day before yesterday lands late; `older` was never built
     land(mart_env.lake_dir, [ad("impression", day_before, "cmp-1", "s-1", "mobile", 0.25, 0.125)])
@@ -179,7 +226,8 @@ def test_late_events_rebuild_the_right_days(mart_env: Settings, instance: Dagste
         assert build(mart_env, instance, date.fromisoformat(request.partition_key), names).success
     assert impressions(mart_env, day_before) == 2
     assert impressions(mart_env, yesterday) == 1
-    assert evaluate().skip_reason is not None and not evaluate().run_requests
+    rebuilt = evaluate()
+    assert rebuilt.skip_reason is not None and not rebuilt.run_requests
 
 
 def test_the_daily_schedule_builds_yesterday_after_the_day_closes(mart_env: Settings) -> None:
@@ -226,38 +274,40 @@ def test_automation_builds_today_once_per_tick_after_events_landed(
     assert sensor.run_tags == {"eventplatform/marts": "build"}  # one marts build at a time
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "eventplatform.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-    )
-
-
 def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
-    mart_env: Settings, tmp_path: Path
+    mart_env: Settings, tmp_path: Path, instance_template: Path
 ) -> None:
     make_lake(mart_env.lake_dir)
-    env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    built = run_cli("marts", "build", "--start", str(D0), "--end", str(D2), env=env)
-    assert built.returncode == 0, built.stderr[-3000:]
+    # a Dagster home whose instance storage exists (Dagster creating it on a fresh home is
+    # the Dagster CLI test's, below); the command writes its dagster.yaml into it
+    shutil.copytree(instance_template, mart_env.dagster_home)
+    env = {"EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(mart_env.dagster_home)}
+
+    def cli(*args: str):
+        """`eventplatform ...` in this process (Click's runner, the environment ``env``): the
+        command's code is what a user runs, without paying a Python and a Dagster start per
+        call; the Dagster CLI's own process is the next test's."""
+        return CliRunner().invoke(cli_main, list(args), env=env, catch_exceptions=False)
+
+    # the two days with ad events (D0..D2 was eight days, six without any, at 1-1.5 s each)
+    built = cli("marts", "build", "--start", str(D1), "--end", str(D2))
+    assert built.exit_code == 0, built.output[-3000:]
     assert f"{D1} campaign_performance_daily: 2 rows" in built.stdout
+    assert f"{D2} campaign_performance_daily: 1 rows" in built.stdout
     assert "all reconciled" in built.stdout
-    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+    with DagsterInstance.from_config(str(mart_env.dagster_home)) as instance:
+        assert len(instance.get_run_records()) == 1  # the range is one run
         for name in ALL:
             partitions = instance.get_materialized_partitions(AssetKey(name))
-            assert {str(D0), str(D1), str(D2)} <= partitions, name
+            assert partitions == {str(D1), str(D2)}, name
 
     query = (
         "SELECT event_date, sum(impressions) AS impressions, sum(cost) AS cost "
         "FROM campaign_performance_daily GROUP BY ALL ORDER BY event_date"
     )
 
-    def sql(*args: str):  # `eventplatform sql`, in this process (the build above is the CLI's)
-        return CliRunner().invoke(cli_main, ["sql", *args], env=env, catch_exceptions=False)
+    def sql(*args: str):  # `eventplatform sql`
+        return cli("sql", *args)
 
     table = sql(query)
     assert table.exit_code == 0, table.output
@@ -277,17 +327,20 @@ def test_cli_backfills_a_date_range_and_sql_queries_both_engines(
     ]
     out = tmp_path / "usage.parquet"
     exported = sql("--format", "parquet", "-o", str(out), "SELECT * FROM customer_usage_daily")
-    assert exported.exit_code == 0 and pq.read_table(out).num_rows == 12
+    # D1's nine rows (test_marts.py lists them) and D2's two (adnet's impression, shop's view)
+    assert exported.exit_code == 0 and pq.read_table(out).num_rows == 9 + 2
     bad = sql("SELECT nope FROM campaign_performance_daily")
     assert bad.exit_code == 1 and "nope" in bad.stderr
 
 
 def test_dagster_cli_materializes_a_partition_range_in_one_run(
-    mart_env: Settings, tmp_path: Path
+    mart_env: Settings, instance_template: Path
 ) -> None:
     make_lake(mart_env.lake_dir)
-    home = tmp_path / "dagster"
-    home.mkdir()
+    home = mart_env.dagster_home  # in memory (conftest.py)
+    # its instance storage made (Dagster makes it on a fresh home in instance_template and
+    # in test_cli_and_dagster.py's `dagster definitions validate`)
+    shutil.copytree(instance_template, home)
     env = {**os.environ, "EP_DATA_DIR": str(mart_env.data_dir), "DAGSTER_HOME": str(home)}
     result = subprocess.run(
         [
@@ -319,15 +372,15 @@ def test_dagster_cli_materializes_a_partition_range_in_one_run(
 
 
 def test_the_check_alone_compares_the_stored_day_with_the_events(
-    mart_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    mart_env: Settings, d1_built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Run alone, the check looks at the built days of the late-arrival window."""
     monkeypatch.setenv("EP_MARTS_LATE_ARRIVAL_DAYS", "3650")  # the test's days are in 2026
     settings = Settings()
     from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 
-    make_lake(mart_env.lake_dir)
-    assert build(settings, instance, D1).success
+    instance, built = d1_built  # D1 built on the known lake
+    assert built.success
     check = AssetSelection.checks(
         AssetCheckKey(AssetKey("campaign_performance_daily"), "reconciles_with_events")
     )

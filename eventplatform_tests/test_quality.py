@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -21,17 +22,19 @@ from eventplatform.quality import checks
 from eventplatform.quality.alerts import AlertRouter, LogFileSink, WebhookSink
 from eventplatform.quality.kafka_stats import dead_letters_since, messages_since
 from eventplatform.quality.lag_samples import consumer_lag_outcome, record_lag_sample
-from eventplatform.settings import REPO_ROOT, QualitySettings
+from eventplatform.settings import QualitySettings
 from eventplatform_tests.helpers import decoded_event, land_rows
 
 NOW = datetime(2026, 11, 23, 15, 20, tzinfo=UTC)
 
 
 @pytest.fixture
-def ch(tmp_path: Path) -> ClickHouse:
-    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "ep_quality")
-    clickhouse.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return clickhouse
+def ch(tmp_path: Path, clickhouse_with_ddl) -> Iterator[ClickHouse]:
+    """The embedded engine with the DDL, kept open for the test (a lease, as the labelled run
+    keeps it): the checks' queries are the same, without an open per query (60-150 ms)."""
+    clickhouse = clickhouse_with_ddl(tmp_path / "ch", "ep_quality")
+    with clickhouse.lease():
+        yield clickhouse
 
 
 def views(customer: str, n: int, received: datetime, tag: str = "", **kw) -> list[dict]:
@@ -277,10 +280,12 @@ class _Receiver(BaseHTTPRequestHandler):
 def webhook():
     _Receiver.received = []
     server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 50 ms (0.5 s by default: what shutdown() waits for)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/hook", _Receiver.received
     server.shutdown()
+    server.server_close()
 
 
 def test_alerts_fire_once_per_cooldown_then_resolve(tmp_path: Path, webhook) -> None:

@@ -29,7 +29,7 @@ from eventplatform.land.spend import (
     is_backfilled,
     record_spend,
 )
-from eventplatform.settings import REPO_ROOT, Settings
+from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event, land_rows
 from eventplatform_tests.test_land_crash import lander_process
 
@@ -38,10 +38,8 @@ HEADER = "advertiser,campaign_id,total_budget,daily_budget,currency,start,end,ti
 
 
 @pytest.fixture
-def clickhouse(tmp_path: Path) -> ClickHouse:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch", "ep_spend")
-    ch.apply_ddl(REPO_ROOT / "sql" / "clickhouse")
-    return ch
+def clickhouse(tmp_path: Path, clickhouse_with_ddl) -> ClickHouse:
+    return clickhouse_with_ddl(tmp_path / "ch", "ep_spend")
 
 
 def cost(customer: str, campaign: str, event_id: str, value: float, at: datetime = NOW) -> dict:
