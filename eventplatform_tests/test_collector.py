@@ -483,3 +483,57 @@ def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> No
     assert "event e-42 of cust-a" in caplog.text and "a dead letter" in caplog.text
     assert waiter.wait(0) and waiter.failed == ["broker said no", "broker said no"]
     assert metrics.latency_counts[0] == 1  # the acknowledged one, 2 ms
+
+
+def test_the_native_tally_counts_acknowledgements_and_hands_failures_to_python() -> None:
+    """A request that does not wait has the native callback: an acknowledgement gives its
+    bytes back and lands in the same latency histogram; a failure takes the Python path
+    (kept by the journal, or counted and logged) with its bytes given back there."""
+    from eventplatform.collect.intake import Intake
+    from eventplatform.collect.metrics import Metrics
+    from eventplatform.collect.quotas import Quotas
+
+    class FakeMessage:
+        def __init__(self, value: bytes, latency: float | None) -> None:
+            self._value, self._latency = value, latency
+
+        def topic(self) -> str:
+            return "dlq"
+
+        def key(self) -> bytes:
+            return b"cust-a"
+
+        def value(self) -> bytes:
+            return self._value
+
+        def latency(self) -> float | None:
+            return self._latency
+
+        def __len__(self) -> int:
+            return len(self._value)
+
+    metrics = Metrics()
+    intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]
+    tally = intake._tally
+    assert tally is not None
+    kept: list[bytes] = []
+
+    def journal(err, msg, again) -> bool:
+        kept.append(msg.value())
+        return False  # kept on disk, not produced again
+
+    intake.keep = journal
+    intake._held = 30  # as accept() takes it for three messages of 10 bytes
+    tally(None, FakeMessage(b"a" * 10, 0.002))
+    tally(None, FakeMessage(b"b" * 10, None))  # librdkafka without a latency: 0
+    assert intake.buffered_bytes == 10
+    tally("broker went away", FakeMessage(b"c" * 10, 0.3))
+    assert kept == [b"c" * 10] and intake.buffered_bytes == 0
+    assert tally.messages == 2 and tally.bytes == 20
+    text = metrics.render()
+    assert 'collector_produce_latency_seconds_bucket{le="0.005"} 2' in text
+    assert "collector_produce_latency_seconds_count 2" in text
+    intake.keep = None  # no journal: the failure is counted and logged
+    intake._held += 10
+    tally("refused", FakeMessage(b"{not json}", 0.3))
+    assert intake.delivery_failures == 1 and intake.buffered_bytes == 0
