@@ -383,6 +383,9 @@ def test_operational_endpoints(platform: Settings, keys) -> None:
         for path in ("/metrics", "/readyz", "/openapi.json"):
             assert httpx.get(f"{url}{path}").status_code == 404
         assert httpx.get(f"{url}/healthz").status_code == 200
+        # POST /v1/events skips Starlette's routing; the path's other methods still meet it
+        refused = httpx.get(f"{url}/v1/events")
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
     assert 'collector_events_accepted_total{customer="globex"} 4' in metrics
     assert "collector_producer_buffer_fill" in metrics
     assert "collector_produce_latency_seconds_count" in metrics
@@ -537,3 +540,48 @@ def test_the_native_tally_counts_acknowledgements_and_hands_failures_to_python()
     intake._held += 10
     tally("refused", FakeMessage(b"{not json}", 0.3))
     assert intake.delivery_failures == 1 and intake.buffered_bytes == 0
+
+
+def test_the_events_endpoint_reads_and_answers_as_starlette_did() -> None:
+    """POST /v1/events is a plain ASGI app now: what it reads of a request (first value of
+    a header, last ?sync) and the bytes it answers are Starlette's."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from eventplatform.collect.app import Incoming, _error, _events_answer
+
+    for query in (
+        b"",
+        b"sync=true",
+        b"sync=1&sync=no",
+        b"sync=no&sync=YES",
+        b"sync",
+        b"x=1&sync=%74rue",
+    ):
+        scope = {
+            "type": "http",
+            "query_string": query,
+            "headers": [(b"content-type", b"a"), (b"content-type", b"b"), (b"x-h", b"\xe9")],
+        }
+        starlette = Request(scope)
+        ours = Incoming(scope, None)  # type: ignore[arg-type]
+        asked = starlette.query_params.get("sync", "").lower() in ("1", "true", "yes")
+        assert ours.sync() == asked, query
+        for name in ("content-type", "x-h", "authorization"):
+            assert ours.header(name.encode()) == starlette.headers.get(name)
+    for status, message, headers in (
+        (401, "missing key", {"WWW-Authenticate": "Bearer"}),
+        (429, 'Kunde \u00e9 \u2028 "quoted" \n tab\t', {"Retry-After": "1"}),
+        (413, "body of 9 bytes", {}),
+    ):
+        answer = _error(status, message, **headers)
+        reference = JSONResponse({"error": message}, status_code=status, headers=headers or None)
+        assert (answer.status, answer.body) == (reference.status_code, reference.body)
+        assert answer.raw_headers() == reference.raw_headers
+    payload = {"customer_id": "acme", "accepted": 1, "event_ids": ["e-\u00e9"]}
+    answer = _events_answer(payload, 202)
+    assert orjson.loads(answer.body) == payload
+    assert answer.raw_headers() == [
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"content-type", b"application/json"),
+    ]
