@@ -62,6 +62,9 @@ INLINE_MAX_EVENTS = 1000
 # and a worker thread (Admission): one customer's large bodies never hold the loop.
 INLINE_MAX_BODY_BYTES = 64 * 1024
 EVENTS_PATH = "/v1/events"
+# The delivery reports are served by the event loop while it produces batches; the poller
+# thread takes over when it has not for this long (``Collector._poll``).
+POLL_HANDOFF_S = 0.01
 
 
 class Refused(Exception):
@@ -179,10 +182,22 @@ class Collector:
         return len(self.producer) < self.settings.collector.producer_max_messages // 2
 
     def _poll(self) -> None:
-        """Serve delivery callbacks while requests do not (they only produce), and let the
-        journal write what it kept (outside the callbacks)."""
+        """Serve delivery reports while requests do not, and let the journal write what it
+        kept (outside the callbacks).
+
+        Each report takes the GIL: served here while the event loop runs Python, every one
+        waits for the loop to hand the GIL over (up to the 5 ms switch interval), so under
+        load the reports fell behind, the buffer looked full (requests went to threads) and
+        the handovers cost CPU. So while requests keep coming, the loop serves them after
+        each batch it produces (``Intake.accept``), and this thread only when the loop has
+        not polled for ``POLL_HANDOFF_S``."""
+        intake = self.intake
         while not self._stop.is_set():
-            self.producer.poll(0.1)
+            quiet = time.monotonic() - intake.polled_at
+            if quiet >= POLL_HANDOFF_S:
+                self.producer.poll(POLL_HANDOFF_S)
+            else:
+                self._stop.wait(POLL_HANDOFF_S - quiet)
             try:
                 self.journal.maintain()
             except OSError:  # a full disk: what was kept stays in memory, tried again

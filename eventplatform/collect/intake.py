@@ -348,6 +348,8 @@ class Intake:
         self._room = threading.Lock()
         self._bytes_lock = threading.Lock()
         self._held = 0
+        # When a batch's producer last served the delivery reports (``Collector._poll``)
+        self.polled_at = 0.0
         # The callback of a request that does not wait: acknowledgements counted natively,
         # failures to ``_delivered`` (a Python call per message cost more than its produce).
         self._tally = delivery_tally(self._delivered)
@@ -559,6 +561,7 @@ class Intake:
                     with self._bytes_lock:
                         self._held -= unproduced
         self.producer.poll(0)
+        self.polled_at = time.monotonic()
         self.metrics.inc("collector_events_accepted_total", result.accepted, customer=customer)
         self.metrics.inc("collector_events_overflowed_total", result.overflowed, customer=customer)
         self.metrics.inc("collector_events_rejected_total", len(result.rejected), customer=customer)
