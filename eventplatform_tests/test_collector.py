@@ -383,6 +383,9 @@ def test_operational_endpoints(platform: Settings, keys) -> None:
         for path in ("/metrics", "/readyz", "/openapi.json"):
             assert httpx.get(f"{url}{path}").status_code == 404
         assert httpx.get(f"{url}/healthz").status_code == 200
+        # POST /v1/events skips Starlette's routing; the path's other methods still meet it
+        refused = httpx.get(f"{url}/v1/events")
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
     assert 'collector_events_accepted_total{customer="globex"} 4' in metrics
     assert "collector_producer_buffer_fill" in metrics
     assert "collector_produce_latency_seconds_count" in metrics
@@ -483,3 +486,102 @@ def test_a_failed_delivery_is_counted_and_logged_with_the_event_id(caplog) -> No
     assert "event e-42 of cust-a" in caplog.text and "a dead letter" in caplog.text
     assert waiter.wait(0) and waiter.failed == ["broker said no", "broker said no"]
     assert metrics.latency_counts[0] == 1  # the acknowledged one, 2 ms
+
+
+def test_the_native_tally_counts_acknowledgements_and_hands_failures_to_python() -> None:
+    """A request that does not wait has the native callback: an acknowledgement gives its
+    bytes back and lands in the same latency histogram; a failure takes the Python path
+    (kept by the journal, or counted and logged) with its bytes given back there."""
+    from eventplatform.collect.intake import Intake
+    from eventplatform.collect.metrics import Metrics
+    from eventplatform.collect.quotas import Quotas
+
+    class FakeMessage:
+        def __init__(self, value: bytes, latency: float | None) -> None:
+            self._value, self._latency = value, latency
+
+        def topic(self) -> str:
+            return "dlq"
+
+        def key(self) -> bytes:
+            return b"cust-a"
+
+        def value(self) -> bytes:
+            return self._value
+
+        def latency(self) -> float | None:
+            return self._latency
+
+        def __len__(self) -> int:
+            return len(self._value)
+
+    metrics = Metrics()
+    intake = Intake(None, "raw", "overflow", "dlq", Quotas(1, 1, 1, 1), metrics, 10)  # type: ignore[arg-type]
+    tally = intake._tally
+    assert tally is not None
+    kept: list[bytes] = []
+
+    def journal(err, msg, again) -> bool:
+        kept.append(msg.value())
+        return False  # kept on disk, not produced again
+
+    intake.keep = journal
+    intake._held = 30  # as accept() takes it for three messages of 10 bytes
+    tally(None, FakeMessage(b"a" * 10, 0.002))
+    tally(None, FakeMessage(b"b" * 10, None))  # librdkafka without a latency: 0
+    assert intake.buffered_bytes == 10
+    tally("broker went away", FakeMessage(b"c" * 10, 0.3))
+    assert kept == [b"c" * 10] and intake.buffered_bytes == 0
+    assert tally.messages == 2 and tally.bytes == 20
+    text = metrics.render()
+    assert 'collector_produce_latency_seconds_bucket{le="0.005"} 2' in text
+    assert "collector_produce_latency_seconds_count 2" in text
+    intake.keep = None  # no journal: the failure is counted and logged
+    intake._held += 10
+    tally("refused", FakeMessage(b"{not json}", 0.3))
+    assert intake.delivery_failures == 1 and intake.buffered_bytes == 0
+
+
+def test_the_events_endpoint_reads_and_answers_as_starlette_did() -> None:
+    """POST /v1/events is a plain ASGI app now: what it reads of a request (first value of
+    a header, last ?sync) and the bytes it answers are Starlette's."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from eventplatform.collect.app import Incoming, _error, _events_answer
+
+    for query in (
+        b"",
+        b"sync=true",
+        b"sync=1&sync=no",
+        b"sync=no&sync=YES",
+        b"sync",
+        b"x=1&sync=%74rue",
+    ):
+        scope = {
+            "type": "http",
+            "query_string": query,
+            "headers": [(b"content-type", b"a"), (b"content-type", b"b"), (b"x-h", b"\xe9")],
+        }
+        starlette = Request(scope)
+        ours = Incoming(scope, None)  # type: ignore[arg-type]
+        asked = starlette.query_params.get("sync", "").lower() in ("1", "true", "yes")
+        assert ours.sync() == asked, query
+        for name in ("content-type", "x-h", "authorization"):
+            assert ours.header(name.encode()) == starlette.headers.get(name)
+    for status, message, headers in (
+        (401, "missing key", {"WWW-Authenticate": "Bearer"}),
+        (429, 'Kunde \u00e9 \u2028 "quoted" \n tab\t', {"Retry-After": "1"}),
+        (413, "body of 9 bytes", {}),
+    ):
+        answer = _error(status, message, **headers)
+        reference = JSONResponse({"error": message}, status_code=status, headers=headers or None)
+        assert (answer.status, answer.body) == (reference.status_code, reference.body)
+        assert answer.raw_headers() == reference.raw_headers
+    payload = {"customer_id": "acme", "accepted": 1, "event_ids": ["e-\u00e9"]}
+    answer = _events_answer(payload, 202)
+    assert orjson.loads(answer.body) == payload
+    assert answer.raw_headers() == [
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"content-type", b"application/json"),
+    ]

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from eventplatform.collect.metrics import Metrics
+from eventplatform.collect.metrics import LATENCY_BUCKETS, Metrics
 from eventplatform.collect.quotas import Quotas
 from eventplatform.events import (
     DecodeError,
@@ -343,26 +343,41 @@ class Intake:
         self.keep: Callable[[Any, Any, Callable[[Any, Any], None]], bool] | None = None
         # Room is checked and taken under one lock (requests produce from several threads),
         # and the value bytes waiting for the broker are counted here: librdkafka does not
-        # say how many bytes it holds.
+        # say how many bytes it holds. ``_held``: bytes produced less those given back in
+        # Python; the tally's acknowledged bytes are the rest (``buffered_bytes``).
         self._room = threading.Lock()
         self._bytes_lock = threading.Lock()
-        self.buffered_bytes = 0
+        self._held = 0
+        # When a batch's producer last served the delivery reports (``Collector._poll``)
+        self.polled_at = 0.0
+        # The callback of a request that does not wait: acknowledgements counted natively,
+        # failures to ``_delivered`` (a Python call per message cost more than its produce).
+        self._tally = delivery_tally(self._delivered)
+        if self._tally is not None:
+            metrics.add_latency_source(self._tally.latency)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Value bytes produced and not yet acknowledged or given back."""
+        acknowledged = self._tally.bytes if self._tally is not None else 0
+        return self._held - acknowledged
 
     def _delivered(self, err, msg, waiter: DeliveryWaiter | None = None) -> None:
-        """Each message's delivery report (served by whoever polls the producer): the produce
-        latency when acknowledged, else the failure counted and logged with the event id.
-        One bound callback for every message, so nothing is allocated per message for it."""
+        """A delivery report (served by whoever polls the producer): the produce latency when
+        acknowledged, else the failure kept, or counted and logged with the event id. Every
+        report of a request that waits for delivery, and the failures the tally hands on
+        (without the native module, every report)."""
         if err is not None and self.keep is not None:
             again = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
             if self.keep(err, msg, again):
                 return  # produced again: still in the buffer, and its request still waits
             with self._bytes_lock:
-                self.buffered_bytes -= len(msg)
+                self._held -= len(msg)
             if waiter is not None:
                 waiter.delivered(f"not delivered, kept in the collector's journal: {err}")
             return
         with self._bytes_lock:
-            self.buffered_bytes -= len(msg)
+            self._held -= len(msg)
         if err is None:
             self.metrics.observe_produce_latency(msg.latency() or 0.0)
         else:
@@ -517,11 +532,15 @@ class Intake:
         result = prepared.result
         count = len(prepared.raw) + len(prepared.overflow) + len(prepared.dead)
         waiter = DeliveryWaiter(count) if wait else None
-        callback = self._delivered if waiter is None else partial(self._delivered, waiter=waiter)
+        callback: Callable[[Any, Any], None]
+        if waiter is not None:
+            callback = partial(self._delivered, waiter=waiter)
+        else:
+            callback = self._tally if self._tally is not None else self._delivered
         with self._room:
             self._take_room(count, prepared.size, wait_for_room_s)
             with self._bytes_lock:
-                self.buffered_bytes += prepared.size
+                self._held += prepared.size
             unproduced = prepared.size
             try:
                 for topic, messages in (
@@ -540,8 +559,9 @@ class Intake:
             finally:  # room taken for messages never produced is given back (no leak to 503)
                 if unproduced:
                     with self._bytes_lock:
-                        self.buffered_bytes -= unproduced
+                        self._held -= unproduced
         self.producer.poll(0)
+        self.polled_at = time.monotonic()
         self.metrics.inc("collector_events_accepted_total", result.accepted, customer=customer)
         self.metrics.inc("collector_events_overflowed_total", result.overflowed, customer=customer)
         self.metrics.inc("collector_events_rejected_total", len(result.rejected), customer=customer)
@@ -568,7 +588,7 @@ class Intake:
             size -= len(message["value"])
         if failed is not None:
             with self._bytes_lock:
-                self.buffered_bytes -= sum(len(m["value"]) for m in messages) - size
+                self._held -= sum(len(m["value"]) for m in messages) - size
             raise _Produced(size, KafkaException(failed))
         return size
 
@@ -601,6 +621,17 @@ class Intake:
         return queued + messages <= self.max_buffered and (
             self.buffered_bytes + size <= self.max_buffered_bytes or queued == 0
         )
+
+
+def delivery_tally(on_error: Callable[[Any, Any], None]) -> Any:
+    """The native delivery callback (``eventplatform_avro.DeliveryTally``) with ``on_error``
+    for the failures, or None without the native module (then ``on_error`` takes every
+    report, as it did before the tally)."""
+    try:
+        from eventplatform_avro import DeliveryTally
+    except ImportError:
+        return None
+    return DeliveryTally(list(LATENCY_BUCKETS), on_error)
 
 
 def producer_limits(max_messages: int, max_bytes: int) -> dict[str, int]:

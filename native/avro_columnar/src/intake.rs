@@ -203,7 +203,9 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Res<Cow<'a, str>> {
         self.expect(b'"')?;
         let start = self.i;
-        // the usual string: no escape, borrowed (the body was checked to be UTF-8)
+        // the usual string: no escape, borrowed (the body was checked to be UTF-8). Eight
+        // bytes at a time up to the first that is a quote, a backslash or a control byte.
+        self.i = plain_run(self.b, self.i);
         while self.i < self.b.len() {
             let c = self.b[self.i];
             if c == b'"' {
@@ -332,6 +334,29 @@ impl<'a> Parser<'a> {
             self.i += 1;
         }
     }
+}
+
+/// The index of the first byte from `i` that may end a plain run of string: a quote, a
+/// backslash or a control byte (< 0x20), found a word at a time; at most the last word's
+/// worth is left to the byte loop that follows.
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while i + 8 <= b.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(word);
+        let quote = x ^ (ONES * b'"' as u64);
+        let backslash = x ^ (ONES * b'\\' as u64);
+        // a byte is zero in `v` when it matched; a byte < 0x20 when it is a control byte
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        if zero(quote) | zero(backslash) | control != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i
 }
 
 fn as_str(b: &[u8]) -> &str {
@@ -559,13 +584,14 @@ enum Top {
 }
 
 /// What one event came to: its Avro bytes and id, or a reason to ask Python.
-enum Outcome {
-    Good { value: Vec<u8>, event_id: EventId },
+enum Outcome<'a> {
+    Good { value: Vec<u8>, event_id: EventId<'a> },
     Python,
 }
 
-enum EventId {
-    Given(String),
+enum EventId<'a> {
+    /// as sent (borrowed from the body unless it had escapes)
+    Given(Cow<'a, str>),
     /// To be generated (uuid4), written first in the value: the value starts after it.
     Missing,
 }
@@ -580,6 +606,9 @@ pub struct EventEncoder {
     top: Vec<Top>,
     optional: Vec<String>,
     allowed: Vec<String>,
+    /// The place in `allowed` of the envelope fields `check` reads (None: not allowed, so
+    /// never present in an event it takes), and of each of `optional`.
+    at: Places,
     /// event_type -> the payload record
     types: HashMap<String, PayloadRecord>,
     max_string: usize,
@@ -590,9 +619,23 @@ pub struct EventEncoder {
     max_epoch_ms: i64,
 }
 
-struct Batch {
+/// Where `check` finds a field: its place among the allowed names.
+struct Places {
+    event_type: Option<usize>,
+    event_ts: Option<usize>,
+    customer_id: Option<usize>,
+    event_id: Option<usize>,
+    source: Option<usize>,
+    optional: Vec<Option<usize>>,
+}
+
+/// The most allowed envelope fields, or fields of a payload record, `check` places (on the
+/// stack): a contract with more is left to the Python path whole.
+const MAX_FIELDS: usize = 64;
+
+struct Batch<'a> {
     values: Vec<Option<Vec<u8>>>,
-    ids: Vec<Option<EventId>>,
+    ids: Vec<Option<EventId<'a>>>,
     /// (index, start, end) of the events Python takes: the element's or the line's bytes
     python: Vec<(usize, usize, usize)>,
 }
@@ -697,14 +740,30 @@ impl EventEncoder {
             let r = records
                 .remove(&record)
                 .ok_or_else(|| unsupported(format!("record {record} not in the schema")))?;
+            if r.fields.len() > MAX_FIELDS {
+                return Err(unsupported(format!("record {record} of over {MAX_FIELDS} fields")));
+            }
             types.insert(event_type, r);
         }
+        if allowed.len() > MAX_FIELDS || optional.len() > MAX_FIELDS {
+            return Err(unsupported(format!("an envelope of over {MAX_FIELDS} fields")));
+        }
+        let place = |name: &str| allowed.iter().position(|a| a == name);
+        let at = Places {
+            event_type: place("event_type"),
+            event_ts: place("event_ts"),
+            customer_id: place("customer_id"),
+            event_id: place("event_id"),
+            source: place("source"),
+            optional: optional.iter().map(|name| place(name)).collect(),
+        };
         Ok(EventEncoder {
             header,
             version,
             top,
             optional,
             allowed,
+            at,
             types,
             max_string,
             max_id,
@@ -766,6 +825,8 @@ impl EventEncoder {
             Vec::new()
         };
         let key = PyBytes::new(py, customer.as_bytes());
+        // interned: a new str per message cost an allocation and its hash in every set_item
+        let (value_key, key_key) = (pyo3::intern!(py, "value"), pyo3::intern!(py, "key"));
         let messages = PyList::empty(py);
         let ids = PyList::empty(py);
         let mut size = 0;
@@ -798,8 +859,8 @@ impl EventEncoder {
                 }
             };
             size += bytes.as_bytes().len();
-            message.set_item("value", bytes)?;
-            message.set_item("key", &key)?;
+            message.set_item(&value_key, bytes)?;
+            message.set_item(&key_key, &key)?;
             messages.append(message)?;
         }
         let python = PyList::empty(py);
@@ -832,15 +893,15 @@ fn py_space(c: u8) -> bool {
 }
 
 impl EventEncoder {
-    fn array(
+    fn array<'a>(
         &self,
-        body: &[u8],
+        body: &'a [u8],
         customer: &str,
         received_ms: i64,
         source: &str,
         max_events: usize,
         max_event_bytes: usize,
-    ) -> Option<Batch> {
+    ) -> Option<Batch<'a>> {
         std::str::from_utf8(body).ok()?;
         let mut p = Parser { b: body, i: 0 };
         let mut batch = Batch {
@@ -884,15 +945,15 @@ impl EventEncoder {
 
     /// NDJSON as `parse_body` cuts it: a line from its first non-blank byte to the newline,
     /// trailing blanks removed.
-    fn lines(
+    fn lines<'a>(
         &self,
-        body: &[u8],
+        body: &'a [u8],
         customer: &str,
         received_ms: i64,
         source: &str,
         max_events: usize,
         max_event_bytes: usize,
-    ) -> Option<Batch> {
+    ) -> Option<Batch<'a>> {
         let mut batch = Batch {
             values: Vec::new(),
             ids: Vec::new(),
@@ -932,7 +993,14 @@ impl EventEncoder {
         Some(batch)
     }
 
-    fn push(&self, batch: &mut Batch, outcome: Outcome, index: usize, start: usize, end: usize) {
+    fn push<'a>(
+        &self,
+        batch: &mut Batch<'a>,
+        outcome: Outcome<'a>,
+        index: usize,
+        start: usize,
+        end: usize,
+    ) {
         match outcome {
             Outcome::Good { value, event_id } => {
                 batch.values.push(Some(value));
@@ -947,14 +1015,14 @@ impl EventEncoder {
     }
 
     /// One event (any JSON value, consumed whole): Err only when it is not valid JSON.
-    fn event(
+    fn event<'a>(
         &self,
-        p: &mut Parser<'_>,
+        p: &mut Parser<'a>,
         customer: &str,
         received_ms: i64,
         default_source: &str,
         max_event_bytes: usize,
-    ) -> Res<Outcome> {
+    ) -> Res<Outcome<'a>> {
         if p.peek() != Some(b'{') {
             p.value(0)?;
             return Ok(Outcome::Python);
@@ -982,39 +1050,39 @@ impl EventEncoder {
 
     /// `EventValidator._good_event` and `EventCodec.encode` at once: the bytes of a certainly
     /// good event (without its id when it has to be generated), else None.
-    fn check(
+    fn check<'a>(
         &self,
-        members: &[(Cow<'_, str>, Val<'_>)],
-        payload: Option<&[(Cow<'_, str>, Val<'_>)]>,
+        members: &[(Cow<'a, str>, Val<'a>)],
+        payload: Option<&[(Cow<'a, str>, Val<'a>)]>,
         customer: &str,
         received_ms: i64,
         default_source: &str,
-    ) -> Option<(Vec<u8>, EventId)> {
-        // every key allowed, none twice (Python keeps the last of a duplicate: left to it)
-        for (k, (key, _)) in members.iter().enumerate() {
-            if !self.allowed.iter().any(|a| a == key) {
-                return None;
-            }
-            if members[..k].iter().any(|(other, _)| other == key) {
+    ) -> Option<(Vec<u8>, EventId<'a>)> {
+        // every key allowed, none twice (Python keeps the last of a duplicate: left to it):
+        // each member put in its place among the allowed names, found once
+        let mut slots: [Option<&Val<'a>>; MAX_FIELDS] = [None; MAX_FIELDS];
+        for (key, value) in members {
+            let at = self.allowed.iter().position(|a| a == key)?;
+            if slots[at].replace(value).is_some() {
                 return None;
             }
         }
-        let get = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let event_type = match get("event_type") {
+        let get = |at: Option<usize>| at.and_then(|k| slots[k]);
+        let event_type = match get(self.at.event_type) {
             Some(Val::Str(s)) => s.as_ref(),
             _ => return None,
         };
         let record = self.types.get(event_type)?;
         let payload = payload?;
-        for (k, (key, _)) in payload.iter().enumerate() {
-            if !record.fields.iter().any(|(name, _)| name == key) {
-                return None;
-            }
-            if payload[..k].iter().any(|(other, _)| other == key) {
+        // the same for the payload's members among its record's fields
+        let mut fields: [Option<&Val<'a>>; MAX_FIELDS] = [None; MAX_FIELDS];
+        for (key, value) in payload {
+            let at = record.fields.iter().position(|(name, _)| name == key)?;
+            if fields[at].replace(value).is_some() {
                 return None;
             }
         }
-        let event_ts = match get("event_ts") {
+        let event_ts = match get(self.at.event_ts) {
             Some(Val::Int(n)) if (0..=self.max_epoch_ms).contains(n) => *n,
             Some(Val::Str(s)) => {
                 let ms = iso_ms(s)?;
@@ -1029,19 +1097,19 @@ impl EventEncoder {
         if delta < -self.max_age_ms || delta > self.max_future_ms {
             return None;
         }
-        match get("customer_id") {
+        match get(self.at.customer_id) {
             None | Some(Val::Null) => {}
             Some(Val::Str(s)) if s == customer => {}
             _ => return None,
         }
-        let event_id = match get("event_id") {
+        let event_id = match get(self.at.event_id) {
             None | Some(Val::Null) => EventId::Missing,
             Some(Val::Str(s)) if (1..=self.max_id).contains(&chars(s)) => {
-                EventId::Given(s.to_string())
+                EventId::Given(s.clone())
             }
             _ => return None,
         };
-        let source = match get("source") {
+        let source = match get(self.at.source) {
             None => default_source,
             Some(Val::Str(s)) => s.as_ref(),
             _ => return None,
@@ -1049,13 +1117,13 @@ impl EventEncoder {
         if !(1..=self.max_id).contains(&chars(source)) {
             return None;
         }
-        let mut optional: Vec<Option<&str>> = Vec::with_capacity(self.optional.len());
-        for name in &self.optional {
-            optional.push(match get(name) {
+        let mut optional: [Option<&str>; MAX_FIELDS] = [None; MAX_FIELDS];
+        for (k, at) in self.at.optional.iter().enumerate() {
+            optional[k] = match get(*at) {
                 None | Some(Val::Null) => None,
                 Some(Val::Str(s)) if chars(s) <= self.max_string => Some(s.as_ref()),
                 _ => return None,
-            });
+            };
         }
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&self.header);
@@ -1081,8 +1149,7 @@ impl EventEncoder {
                 },
                 Top::Payload => {
                     put_long(&mut out, record.union_index);
-                    for (name, ft) in &record.fields {
-                        let value = payload.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                    for ((name, ft), value) in record.fields.iter().zip(fields) {
                         self.field(&mut out, name, *ft, value)?;
                     }
                 }

@@ -19,6 +19,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString};
 
+mod delivery;
 mod intake;
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -1031,6 +1032,7 @@ fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Buffer>()?;
     m.add_class::<intake::EventEncoder>()?;
+    m.add_class::<delivery::DeliveryTally>()?;
     m.add_function(wrap_pyfunction!(_panic_probe, m)?)?;
     Ok(())
 }
