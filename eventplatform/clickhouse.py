@@ -5,9 +5,11 @@ time, and the platform is several processes (collector, landing runs, Dagster ru
 CLI). So with a ``chdb://`` DSN each unit of work opens the engine under an inter-process
 file lock and closes it after (50-150 ms, more as parts accumulate). A process that works
 continuously (a landing run) takes a :meth:`ClickHouse.lease` instead: the engine stays open
-across its units of work, and :meth:`ClickHouse.renew` between them hands it over only when
-another process is waiting for it. Waiters say so by holding a shared lock on
-``<folder>.want`` while they wait for ``<folder>.lock``.
+across its units of work, and is handed over only when another process is waiting for it:
+at :meth:`ClickHouse.renew` between units of work, and by the lease itself whenever no
+session of the process has it open (a leaseholder waiting on Kafka never holds others up).
+Waiters say so by holding a shared lock on ``<folder>.want`` while they wait for
+``<folder>.lock``; the lock file names its holder (:func:`engine_holder`).
 With an ``http(s)://`` DSN (a server or cluster) the client is opened once and kept; there is
 no lock, and a lease is a no-op.
 """
@@ -79,7 +81,8 @@ class ClickHouse:
         """Keep the embedded engine open for every session of this process (any thread, any
         ``ClickHouse`` of the folder) until the lease ends, instead of opening it per session.
         For a process that works without pause; call :meth:`renew` between its units of work
-        so that other processes get their turn. Leases nest; a no-op with a server DSN."""
+        so that other processes get their turn (the lease also hands the engine over by
+        itself while no session uses it). Leases nest; a no-op with a server DSN."""
         if not self.embedded:
             yield
             return
@@ -123,6 +126,10 @@ class ClickHouse:
             self._client = None
 
 
+# How often a leaseholder looks, while idle, whether another process waits for the engine
+IDLE_HAND_OVER_CHECK_S = 0.05
+
+
 class _EngineSlot:
     """The embedded engine of one folder, for the whole process: every ``ClickHouse`` of the
     folder shares it, so that a lease held through one instance serves sessions asked of
@@ -152,6 +159,7 @@ class _EngineSlot:
         self.leased: _Open | None = None  # the engine a lease keeps open, for every thread
         self.lease_depth = 0
         self.opens = 0
+        self._lease_ended: threading.Event | None = None  # stops the lease's hand-over watch
 
     @contextmanager
     def session(self) -> Iterator[Client]:
@@ -175,14 +183,41 @@ class _EngineSlot:
     def lease(self) -> Iterator[None]:
         with self.thread_lock:
             self.lease_depth += 1
+            if self.lease_depth == 1:
+                self._lease_ended = threading.Event()
+                threading.Thread(
+                    target=self._hand_over_while_idle,
+                    args=(self._lease_ended,),
+                    name="engine-hand-over",
+                    daemon=True,
+                ).start()
         try:
             yield
         finally:
             with self.thread_lock:
                 self.lease_depth -= 1
-                if self.lease_depth == 0 and self.leased is not None:
+                if self.lease_depth == 0:
+                    if self._lease_ended is not None:
+                        self._lease_ended.set()
+                        self._lease_ended = None
+                    if self.leased is not None:
+                        self.leased.close()
+                        self.leased = None
+
+    def _hand_over_while_idle(self, ended: threading.Event) -> None:
+        """While a lease lasts: whenever no session of this process uses the engine and
+        another process waits for it, close it. ``renew()`` between units of work is not
+        enough alone: a leaseholder can wait on something else for minutes between two (a
+        Kafka commit that waits for a coordinator), and every other process would wait too."""
+        while not ended.wait(IDLE_HAND_OVER_CHECK_S):
+            if not self.thread_lock.acquire(blocking=False):
+                continue  # a session is open (or opening): it is in use
+            try:
+                if self.leased is not None and self._others_waiting():
                     self.leased.close()
                     self.leased = None
+            finally:
+                self.thread_lock.release()
 
     def renew(self) -> None:
         if getattr(self.held, "client", None) is not None:

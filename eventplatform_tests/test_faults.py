@@ -19,13 +19,15 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from eventplatform.clickhouse import engine_holder, platform_clickhouse
 from eventplatform.collect.customers import CustomerStore
 from eventplatform.events.examples import example_event
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker
-from eventplatform.kafka.clients import make_admin
+from eventplatform.kafka.clients import make_admin, make_consumer
 from eventplatform.kafka.topics import ensure_topics, platform_topics
+from eventplatform.land.commit import commit_offsets
 from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
 from eventplatform.land.spend import ensure_backfilled
@@ -271,3 +273,42 @@ def test_full_disk_fails_the_run_and_leaves_no_partial_file(produced) -> None:
     assert build_lander(settings, "raw", 0).run().replayed_batches == 1
     assert_landed_once(settings, ids)
     assert os.listdir(folder)  # landed on the real disk once there was room
+
+
+class _LostCoordinator:
+    """A landing consumer whose commits all wait for a coordinator they never find.
+
+    A fake, for a fault the real broker cannot be made to show on demand: after a broker
+    restart, a librdkafka consumer was once seen never to find its coordinator again (every
+    commit ``_WAIT_COORD`` after 60 s) while new clients found it at once."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    def commit(self, **_: object) -> None:
+        self.commits += 1
+        raise KafkaException(KafkaError(KafkaError._WAIT_COORD, "Waiting for coordinator"))
+
+
+def test_a_commit_whose_consumer_lost_its_coordinator_goes_through_a_new_one(
+    topics: Settings,
+) -> None:
+    settings = topics
+    offsets = [TopicPartition(settings.kafka.raw_topic, p, 10 + p) for p in range(3)]
+    stuck, lines = _LostCoordinator(), []
+    commit_offsets(
+        stuck,  # type: ignore[arg-type]
+        offsets,
+        60,
+        lines.append,
+        standalone=lambda: make_consumer(settings.kafka.bootstrap, settings.land.group_id),
+    )
+    assert stuck.commits == 1
+    assert committed(settings, partitions=3) == 10 + 11 + 12  # on the broker, for the group
+    assert lines == [
+        'commit waits: KafkaError{code=_WAIT_COORD,val=-180,str="Waiting for coordinator"}',
+        "commit tries again through a new consumer of the group",
+    ]
+    # Without a way to a new consumer it waits, and fails past its deadline (then replays).
+    with pytest.raises(KafkaException):
+        commit_offsets(stuck, offsets, 0.5, lines.append)  # type: ignore[arg-type]

@@ -35,6 +35,13 @@ _RETRIABLE_COMMIT = {
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 }
 
+# The consumer could not reach the group's coordinator (see ``commit_offsets``)
+_COORDINATOR_LOST = {
+    KafkaError._WAIT_COORD,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
 
 def send_dead_letters(
     producer: Producer,
@@ -75,25 +82,45 @@ def send_dead_letters(
 
 
 def commit_offsets(
-    consumer: Consumer, offsets: list[TopicPartition], timeout_s: float, log: Log
+    consumer: Consumer,
+    offsets: list[TopicPartition],
+    timeout_s: float,
+    log: Log,
+    standalone: Callable[[], Consumer] | None = None,
 ) -> None:
     """Commit, riding out a coordinator that moves or a broker that restarts.
 
     The sinks already hold the batch, so waiting is cheaper than failing (which would
     replay it); past ``timeout_s`` the run fails and the next one replays.
+
+    After a commit that waited for the group's coordinator, the next tries go through a
+    new consumer of the group (``standalone``; landing consumers are assigned, not members,
+    so anyone of the group may commit for them): a librdkafka consumer that lost its
+    coordinator across a broker restart was seen never to find it again (every commit
+    waiting 60 s for ``_WAIT_COORD``, for as long as the run lasted) while a new client
+    found it at once.
     """
     deadline = time.monotonic() + timeout_s
+    committer = consumer
     while True:
         try:
-            for tp in consumer.commit(offsets=offsets, asynchronous=False) or []:
-                if tp.error is not None:
-                    raise KafkaException(tp.error)
+            try:
+                for tp in committer.commit(offsets=offsets, asynchronous=False) or []:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+            finally:
+                if committer is not consumer:
+                    committer.close()
             return
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal() or not retriable(error) or time.monotonic() > deadline:
                 raise
             log(f"commit waits: {error}")
+            committer = consumer
+            if standalone is not None and error.code() in _COORDINATOR_LOST:
+                committer = standalone()
+                log("commit tries again through a new consumer of the group")
             time.sleep(1.0)
 
 

@@ -366,6 +366,7 @@ class ShardLander:
             [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges],
             s.commit_timeout_s,
             self.log,
+            standalone=lambda: make_consumer(self.bootstrap, s.group_id),
         )
         crashpoint("after_commit")
         self.manifest.clear()
