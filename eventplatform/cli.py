@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import io
 import json
 import signal
 import sys
@@ -25,7 +27,8 @@ def main() -> None:
     """eventplatform: HTTP intake -> Kafka -> Parquet lake + ClickHouse, on Dagster."""
     # `kill -USR1 <pid>` prints where every thread of a running command is (to its stderr):
     # for a process that seems stuck, e.g. one that holds the embedded engine.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr is no file
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 @main.command("settings")
