@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,14 +202,10 @@ def _write_grouped(root, table, ranges, hours, folder_of) -> list[WrittenFile]:
     by_partition = {r.partition: r for r in ranges}
     if len({r.topic for r in by_partition.values()}) > 1:
         raise ValueError("a batch comes from one topic")
-    partitions = table.column("kafka_partition").to_numpy(zero_copy_only=False)
-    files: list[tuple[Path, pa.Table]] = []
-    for partition, offsets in sorted(by_partition.items()):
-        in_partition = partitions == partition
-        for hour in np.unique(hours[in_partition]):
-            mask = in_partition & (hours == hour)
-            folder = root / folder_of(int(hour))
-            files.append((folder / f"{offsets.file_stem()}.parquet", table.filter(pa.array(mask))))
+    files = [
+        (root / folder_of(hour) / f"{by_partition[partition].file_stem()}.parquet", rows)
+        for partition, hour, rows in _groups(table, hours)
+    ]
     if len(files) == 1:
         written = [_write_atomically(*files[0])]
     else:  # all of them, even when one fails: each cleans up its own temporary file
@@ -218,6 +214,22 @@ def _write_grouped(root, table, ranges, hours, folder_of) -> list[WrittenFile]:
         written = [future.result() for future in futures]
     sync_folders({f.path.parent for f in written}, root.parent)
     return written
+
+
+def _groups(table: pa.Table, hours: np.ndarray) -> Iterator[tuple[int, int, pa.Table]]:
+    """(partition, hour, rows) for each source partition and time bucket, in that order, the
+    rows in their batch order: one stable sort and one ``take`` (none when the batch is in
+    order already), then zero-copy slices. A filter per file read the whole table per file."""
+    if not table.num_rows:
+        return
+    partitions = table.column("kafka_partition").to_numpy(zero_copy_only=False)
+    order = np.lexsort((hours, partitions))  # stable: by partition, then hour
+    if not np.array_equal(order, np.arange(len(order))):
+        table, partitions, hours = table.take(pa.array(order)), partitions[order], hours[order]
+    changes = np.flatnonzero((np.diff(partitions) != 0) | (np.diff(hours) != 0)) + 1
+    starts, ends = np.concatenate(([0], changes)), np.concatenate((changes, [len(partitions)]))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(partitions[start]), int(hours[start]), table.slice(start, end - start)
 
 
 def _write_atomically(path: Path, table: pa.Table) -> WrittenFile:
