@@ -14,6 +14,7 @@ power cut.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -37,6 +38,13 @@ SERVICE_FIXTURES: dict[str, str] = {
     # for several days per test: 10-30 s each on this machine, no broker needed
     "mart_env": "marts",
 }
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection imported (Dagster, pyarrow, every test module) lives for the whole
+    session: freeze it out of the cyclic collector's walks, which otherwise go over it again
+    at every full collection of the session's many Dagster objects."""
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

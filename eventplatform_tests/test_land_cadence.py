@@ -56,6 +56,28 @@ def test_a_backlog_drains_in_full_batches(topics: Settings) -> None:
     assert clickhouse_count(settings, "SELECT count() FROM {db}.events") == [(12_000,)]
 
 
+def test_a_max_wait_shorter_than_the_linger_still_takes_what_is_fetched(
+    topics: Settings,
+) -> None:
+    """With ``batch_max_wait_s`` under ``batch_linger_s`` a batch of messages that waited is
+    as old as it may be from its first message on: it closes at once, with what the consumer
+    has fetched already, not with that one message (2,000 batches of one, each a Parquet file
+    and a ClickHouse part, were the result before)."""
+    settings = topics
+    settings.land.raw_shards = 1
+    settings.land.batch_max_records = 150
+    settings.land.batch_max_wait_s = 0.05
+    settings.land.batch_linger_s = 0.2
+    produce(settings, 2_000, "old")
+    time.sleep(0.3)  # older than the linger: each batch starts at its max age
+    reports: list[BatchReport] = []
+    summary = build_lander(settings, "raw", 0).run(on_batch=reports.append)
+    assert summary.rows == 2_000
+    assert len(reports) <= 40, [r.messages for r in reports]  # 14 when all are fetched
+    assert {r.closed_because for r in reports} <= {"full", "max_wait", "caught_up"}
+    assert clickhouse_count(settings, "SELECT count() FROM {db}.events") == [(2_000,)]
+
+
 def test_messages_that_waited_already_do_not_linger_again(topics: Settings) -> None:
     """A batch's age is its first message's (its Kafka timestamp): events that queued while
     the lander was busy, or before it started, have lingered already. Events produced 30 s

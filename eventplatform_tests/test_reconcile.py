@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from eventplatform.clickhouse import ClickHouse, platform_clickhouse
@@ -15,7 +18,6 @@ from eventplatform.events.arrow import events_to_arrow
 from eventplatform.kafka.clients import make_admin, make_consumer, make_producer
 from eventplatform.kafka.dlq import DeadLetter, send_dead_letter
 from eventplatform.kafka.topics import TopicSpec, ensure_topics
-from eventplatform.land.sources import build_lander
 from eventplatform.reconcile import format_table, reconcile
 from eventplatform.settings import REPO_ROOT
 from eventplatform_tests.helpers import decoded_event
@@ -94,14 +96,13 @@ def test_reconcile_accounts_for_every_message(bootstrap: str, unique: str, tmp_p
     assert table.splitlines()[-1].split() == ["total", "20", "0", "13", "2", "4", "1", "1", "1"]
 
 
-def test_reconcile_is_exact_while_landing_commits_and_still_finds_a_real_loss(topics) -> None:
-    """Reconciliations taken again and again while a landing run commits small batches
+def test_reconcile_is_exact_while_landing_commits_and_still_finds_a_real_loss(
+    topics, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Reconciliations taken again and again while a landing process commits small batches
     never report a loss or a duplicate (read in the old order, landed rows first, a batch
     committed between the reads was missing); once rows are deleted, exactly those are."""
     settings = topics
-    settings.land.raw_shards = 1
-    settings.land.batch_max_records = 150
-    settings.land.batch_max_wait_s = 0.05
     since = datetime.now(UTC) - timedelta(minutes=1)
     # A dead-letter topic with some history, as a live one has: reading it takes a moment,
     # the moment in which the old order (landed rows, dead letters, then committed offsets)
@@ -123,35 +124,41 @@ def test_reconcile_is_exact_while_landing_commits_and_still_finds_a_real_loss(to
             time.sleep(0.1)
         producing.clear()
 
-    # (Daemon threads, and the landing run told to stop if the test fails: a failure must
-    # not leave them running past the session's broker.)
-    producer = threading.Thread(target=produce, daemon=True)
+    # The landing run in its own process, as in production (in this one, the loop below
+    # held the GIL most of the time and the run crawled): small batches, one shard.
+    for name, value in {
+        "EP_LAND_RAW_SHARDS": "1",
+        "EP_LAND_BATCH_MAX_RECORDS": "150",
+        "EP_LAND_BATCH_MAX_WAIT_S": "0.05",
+    }.items():
+        monkeypatch.setenv(name, value)
+    producer = threading.Thread(target=produce, daemon=True)  # daemon: a failure ends it
     producer.start()
-    summaries: list = []
-    failed = threading.Event()
-    lander = threading.Thread(
-        target=lambda: summaries.append(
-            build_lander(settings, "raw", 0).run(should_stop=failed.is_set)
-        ),
-        daemon=True,
-    )
-    lander.start()
+    log_path = tmp_path / "land.log"
+    with open(log_path, "wb") as log:
+        lander = subprocess.Popen(
+            [sys.executable, "-m", "eventplatform.cli", "land", "--idle-stop", "2"],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     clickhouse = platform_clickhouse(settings)
     group, raw, dlq = settings.land.group_id, settings.kafka.raw_topic, settings.kafka.dlq_topic
     snapshots = []
     try:
-        while lander.is_alive():
+        while lander.poll() is None:
             result = reconcile(settings.kafka.bootstrap, clickhouse, [raw], dlq, group, since)
             t = result.totals()
             assert result.problems() == [], (result.problems(), format_table(result))
             assert t.in_kafka == t.landed + t.pending and t.duplicates == 0
             snapshots.append((t.in_kafka, t.landed, t.pending))
-    except BaseException:
-        failed.set()
-        raise
+    finally:
+        if lander.poll() is None:
+            lander.kill()
     producer.join()
-    lander.join()
-    assert summaries and not producing.is_set()
+    landed_line = log_path.read_text().splitlines()[-1]
+    assert lander.returncode == 0 and landed_line.startswith("landed 2500 rows"), landed_line
+    assert not producing.is_set()
     # Reconciliations caught batches on their way: some landed, some still pending.
     assert sum(1 for _, landed, pending in snapshots if landed and pending) >= 3, snapshots
     print(f"{len(snapshots)} reconciliations while landing: {snapshots}")

@@ -55,6 +55,17 @@ def collect_batch(
     size = 0
     first: float | None = None
     next_offsets: dict[int, int] = {}
+
+    def take(polled: list[Message]) -> None:
+        nonlocal size
+        for message in polled:
+            if message.error() is not None:
+                on_error(message.error())
+                continue
+            messages.append(message)
+            size += len(message.value() or b"")
+            next_offsets[message.partition()] = message.offset() + 1
+
     while True:
         if len(messages) >= s.batch_max_records or size >= s.batch_max_bytes:
             batch.closed_because = "full"
@@ -67,19 +78,16 @@ def collect_batch(
         else:
             now = time.monotonic()
             left = first + s.batch_max_wait_s - now
+            wanted = min(POLL_MAX, s.batch_max_records - len(messages))
             if left <= 0:
+                # As old as a batch may get: it takes what is fetched already, without
+                # waiting, then closes (not one message a batch when max_wait < linger).
+                take(consumer.consume(num_messages=wanted, timeout=0))
                 batch.closed_because = "max_wait"
                 return batch
             timeout = min(left, max(first + s.batch_linger_s - now, SHORT_POLL_S))
-            wanted = min(POLL_MAX, s.batch_max_records - len(messages))
             polled = consumer.consume(num_messages=wanted, timeout=timeout)
-        for message in polled:
-            if message.error() is not None:
-                on_error(message.error())
-                continue
-            messages.append(message)
-            size += len(message.value() or b"")
-            next_offsets[message.partition()] = message.offset() + 1
+        take(polled)
         if not messages:
             return batch  # nothing for IDLE_POLL_S: the caller checks stop and idle
         if first is None:
