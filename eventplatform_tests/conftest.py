@@ -47,6 +47,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    gc.unfreeze()  # collectable again at exit (nanobind reports what is not as leaks)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with the services its fixtures need (see the module's docstring)."""
     for item in items:
