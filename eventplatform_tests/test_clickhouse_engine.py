@@ -30,7 +30,7 @@ with ch.lease():
 def test_a_leaseholder_waiting_on_something_else_hands_the_engine_over(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path / 'ch'}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", LEASEHOLDER, dsn, "3"],
+        [sys.executable, "-c", LEASEHOLDER, dsn, "1.5"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -45,7 +45,7 @@ def test_a_leaseholder_waiting_on_something_else_hands_the_engine_over(tmp_path:
             assert engine_holder(dsn) != holder.pid
             client.command("INSERT INTO default.notes VALUES (2)")
         out, _ = holder.communicate(timeout=60)
-        # Our row is in the holder's second session: we had the engine while it waited (3 s)
+        # Our row is in the holder's second session: we had the engine while it waited (1.5 s)
         # on something else, not after its lease ended; then it reopened the engine.
         assert out.split("\n")[:2] == ["rows 2", "opens 2"], f"{out} (we waited {waited:.1f}s)"
     finally:
