@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -496,17 +497,41 @@ def _collector_for_batches() -> Iterator[None]:
     CPU in a profile. The batches make no reference cycles worth hunting that often: what
     the run's start-up made is frozen out of the walks, and a young collection runs every
     ``GC_YOUNG_EVERY`` allocations instead of 700."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_EVERY, threshold[1], threshold[2])
+    with _GC_RUNS.lock:  # runs in threads of one process: the first sets, the last restores
+        if _GC_RUNS.depth == 0:
+            _GC_RUNS.saved = gc.get_threshold()
+            # (the host process may have frozen its heap itself: then that stays as it is)
+            _GC_RUNS.froze = gc.get_freeze_count() == 0
+            if _GC_RUNS.froze:
+                gc.freeze()
+            gc.set_threshold(GC_YOUNG_EVERY, *_GC_RUNS.saved[1:])
+        _GC_RUNS.depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        with _GC_RUNS.lock:
+            _GC_RUNS.depth -= 1
+            if _GC_RUNS.depth == 0:
+                gc.set_threshold(*_GC_RUNS.saved)
+                if _GC_RUNS.froze:
+                    gc.unfreeze()
 
 
 GC_YOUNG_EVERY = 100_000
+
+
+class _GcRuns:
+    """The landing runs of this process inside ``_collector_for_batches``, and the collector's
+    thresholds from before the first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: tuple[int, ...] = gc.get_threshold()
+        self.froze = False  # whether the first run froze the heap (then the last unfreezes it)
+
+
+_GC_RUNS = _GcRuns()
 
 
 def _use_the_c_heap_for_arrow() -> None:
