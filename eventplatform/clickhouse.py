@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import clickhouse_connect
 import pyarrow as pa
@@ -258,7 +258,7 @@ class _EngineSlot:
             return False
 
 
-def _say_who_holds(lock_file) -> None:
+def _say_who_holds(lock_file: IO[str]) -> None:
     """The holder's pid in the lock file, for whoever waits (:func:`engine_holder`)."""
     lock_file.truncate(0)
     lock_file.write(f"{os.getpid()}\n")

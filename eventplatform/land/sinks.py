@@ -65,12 +65,6 @@ class Sinks:
                 with serialized(self.clickhouse, self.lake_dir / "_landing" / "spend.lock"):
                     ensure_backfilled(client, self.clickhouse.database)
 
-    def write(
-        self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
-    ) -> list[WrittenFile]:
-        """Both sinks hold the batch when this returns; it raises if either failed."""
-        return self.start(table, ranges, stages).result()
-
     def start(
         self, table: pa.Table, ranges: list[OffsetRange], stages: dict[str, float]
     ) -> Writing:
@@ -128,9 +122,6 @@ class Writing:
 
     def __init__(self, lake: Future[list[WrittenFile]] | None, insert: Future[None] | None):
         self.lake, self.insert = lake, insert
-
-    def done(self) -> bool:
-        return all(f is None or f.done() for f in (self.lake, self.insert))
 
     def wait_quietly(self) -> None:
         """Until both writes have stopped, whatever their outcome (a run that is failing)."""
