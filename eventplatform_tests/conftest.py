@@ -40,6 +40,28 @@ SERVICE_FIXTURES: dict[str, str] = {
 }
 
 
+def _worker_count() -> int:
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """A run that leaves the broker's tests out (``-m "not kafka"``, the fast tier) spreads its
+    tests over the machine's cores (pytest-xdist; ``-n 0`` keeps one process). Its tests share
+    nothing but the read-only repository. Runs that include the broker's tests stay in one
+    process: they share one broker per session, some restart brokers of their own, and the
+    fault tests time recoveries that a second busy worker would skew."""
+    leaves_kafka_out = "not kafka" in (config.option.markexpr or "")
+    if (
+        leaves_kafka_out
+        and getattr(config.option, "numprocesses", 0) is None  # None: xdist is on, -n not given
+        and "PYTEST_XDIST_WORKER" not in os.environ
+        and not config.option.collectonly
+        and _worker_count() > 1
+    ):
+        config.option.numprocesses = _worker_count()
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection imported (Dagster, pyarrow, every test module) lives for the whole
     session: freeze it out of the cyclic collector's walks, which otherwise go over it again
