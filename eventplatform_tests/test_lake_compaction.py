@@ -20,7 +20,7 @@ import duckdb
 import pyarrow.parquet as pq
 from dagster import AssetKey, DagsterInstance, RunRequest, build_sensor_context
 
-from eventplatform.defs.ingest.compaction import compact_lake_job, lake_compaction
+from eventplatform.defs.ingest.compaction import compact_lake_job, lake_compaction_sensor
 from eventplatform.defs.resources import platform_resources
 from eventplatform.events import EventCodec
 from eventplatform.kafka.clients import make_producer
@@ -146,6 +146,7 @@ def test_a_closed_hour_becomes_one_file_per_partition_and_readers_count_every_ro
             context = build_sensor_context(
                 instance=instance, resources=platform_resources(settings)
             )
+            lake_compaction = lake_compaction_sensor(settings.land.compact_interval_s)
             assert isinstance(lake_compaction(context), RunRequest)
             result = compact_lake_job.execute_in_process(
                 instance=instance, resources=platform_resources(settings)

@@ -9,6 +9,8 @@ of every module counts, including those inside functions and under ``TYPE_CHECKI
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,25 @@ def test_marts_build_reports_the_run_it_is_handed_and_needs_one_without_no_dagst
     ]
     alone = CliRunner().invoke(marts_group(), args)
     assert alone.exit_code == 2 and "--no-dagster" in alone.output
+
+
+def test_no_definitions_module_reads_the_settings_at_import() -> None:
+    """Settings are read when Dagster loads the location (``@dg.definitions``), so a test or a
+    deployment that sets the environment after importing still gets its own. A fresh
+    interpreter imports every module of the code location with ``get_settings`` replaced by
+    one that fails."""
+    script = (
+        "import pkgutil, importlib, eventplatform.settings as s\n"
+        "def refuse(): raise SystemExit('settings read at import')\n"
+        "s.get_settings = refuse\n"
+        "import eventplatform.defs as d\n"
+        "names = [m.name for m in pkgutil.walk_packages(d.__path__, 'eventplatform.defs.')]\n"
+        "names.append('eventplatform.definitions')\n"
+        "for name in names: importlib.import_module(name)\n"
+        "print(len(names))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) >= 15  # every module of defs/ was imported

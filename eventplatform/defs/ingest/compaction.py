@@ -45,17 +45,31 @@ def compact_lake_job():
     compact_lake_op()
 
 
-@dg.sensor(
-    name="lake_compaction",
-    job_name="compact_lake",  # by name, as the land sensors do (a bound job warns: owners beta)
-    minimum_interval_seconds=get_settings().land.compact_interval_s,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts a compaction run of the lake unless one is queued or running.",
-)
-def lake_compaction(context: dg.SensorEvaluationContext):
-    running = context.instance.get_run_records(
-        filters=dg.RunsFilter(job_name="compact_lake", statuses=IN_FLIGHT), limit=1
+def lake_compaction_sensor(interval_s: int) -> dg.SensorDefinition:
+    """The sensor, polling every ``interval_s`` (EP_LAND_COMPACT_INTERVAL_S)."""
+
+    @dg.sensor(
+        name="lake_compaction",
+        job_name="compact_lake",  # by name, as the land sensors do (a bound job warns)
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Starts a compaction run of the lake unless one is queued or running.",
     )
-    if running:
-        return dg.SkipReason(f"compaction run {running[0].dagster_run.run_id} is in flight")
-    return dg.RunRequest()
+    def lake_compaction(context: dg.SensorEvaluationContext):
+        running = context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name="compact_lake", statuses=IN_FLIGHT), limit=1
+        )
+        if running:
+            return dg.SkipReason(f"compaction run {running[0].dagster_run.run_id} is in flight")
+        return dg.RunRequest()
+
+    return lake_compaction
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Built when Dagster loads the location, not at import: the settings are read then."""
+    return dg.Definitions(
+        jobs=[compact_lake_job],
+        sensors=[lake_compaction_sensor(get_settings().land.compact_interval_s)],
+    )
