@@ -50,8 +50,54 @@ def _pool(prefix: str, n: int) -> pa.Array:
     return pa.array([f"{prefix}{i}" for i in range(n)], pa.string())
 
 
-def generate(lake: Path, events: int, seed: int = 7) -> tuple[int, int]:
-    """One day of landed events, one file per hour; returns (rows, bytes on disk)."""
+PRODUCT_TYPES = [t for t in TYPES if t not in AD]
+AD_TYPES = [t for t in TYPES if t in AD]
+VISIT_EVENTS = 8  # mean events of a visit
+VISIT_GAP_S = 60  # mean seconds between a visit's events
+
+
+def _visits(rng: np.random.Generator, events: int, customer_p: np.ndarray) -> dict[str, np.ndarray]:
+    """Per event: its visit, customer, user, type and time. A visit is one user of one customer
+    for a few minutes (``VISIT_EVENTS`` events on average, ``VISIT_GAP_S`` s apart), started
+    anywhere in the day; product visits carry a session_id, ad visits (a viewer's impressions,
+    clicks, bids) only the viewer's user_id, as the traffic simulator sends them."""
+    lengths = rng.geometric(1 / VISIT_EVENTS, events // VISIT_EVENTS * 2)
+    count = int(np.searchsorted(np.cumsum(lengths), events)) + 1
+    lengths = lengths[:count]
+    lengths[-1] -= int(lengths.sum()) - events
+    visit = np.repeat(np.arange(count), lengths)
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    product_share = sum(w for t, w in zip(TYPES, WEIGHTS, strict=True) if t not in AD)
+    is_product_visit = rng.random(count) < product_share
+    product_w = np.array([WEIGHTS[TYPES.index(t)] for t in PRODUCT_TYPES])
+    ad_w = np.array([WEIGHTS[TYPES.index(t)] for t in AD_TYPES])
+    product_type = np.array([TYPES.index(t) for t in PRODUCT_TYPES])[
+        rng.choice(len(PRODUCT_TYPES), events, p=product_w / product_w.sum())
+    ]
+    ad_type = np.array([TYPES.index(t) for t in AD_TYPES])[
+        rng.choice(len(AD_TYPES), events, p=ad_w / ad_w.sum())
+    ]
+    gaps = rng.exponential(VISIT_GAP_S * 1000, events).astype(np.int64)
+    gaps[first] = 0
+    elapsed = np.cumsum(gaps)
+    elapsed -= elapsed[first][visit]
+    start = rng.integers(0, 86_400_000, count)
+    return {
+        "visit": visit,
+        "customer": rng.choice(20, count, p=customer_p)[visit],
+        "user": rng.integers(0, 500_000, count)[visit],
+        "product": is_product_visit[visit],
+        "type": np.where(is_product_visit[visit], product_type, ad_type),
+        "offset_ms": np.minimum(start[visit] + elapsed, 86_400_000 - 1),
+    }
+
+
+def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -> tuple[int, int]:
+    """One day of landed events, one file per hour; returns (rows, bytes on disk).
+
+    ``sessions="visits"``: events come in visits (see :func:`_visits`). ``"uniform"``: every
+    event draws its user and session_id on its own (the generator before 2026-12-07: 10M
+    events make 7.5M one-event "sessions", the sessions mart nearly as long as the day)."""
     from eventplatform.events.arrow import landed_schema
 
     schema = landed_schema()
@@ -59,26 +105,48 @@ def generate(lake: Path, events: int, seed: int = 7) -> tuple[int, int]:
     customers = _pool("cust-", 20)
     customer_p = 1 / np.arange(1, 21) ** 1.1
     customer_p /= customer_p.sum()
-    users, sessions, campaigns = _pool("u-", 500_000), _pool("s-", 2_000_000), _pool("cmp-", 200)
+    users, sessions_pool, campaigns = (
+        _pool("u-", 500_000),
+        _pool("s-", 2_000_000),
+        _pool("cmp-", 200),
+    )
     sites, publishers = _pool("site-", 300), _pool("pub-", 60)
     devices = pa.array(["desktop", "mobile", "tablet", "ctv"])
     urls = _pool("https://shop.example/p/", 5000)
     type_ids = pa.array(TYPES)
     day_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
-    per_hour = np.full(24, events // 24)
-    per_hour[: events % 24] += 1
+    if sessions == "visits":
+        drawn = _visits(rng, events, customer_p)
+        order = np.argsort(drawn["offset_ms"] // 3_600_000, kind="stable")
+        drawn = {k: v[order] for k, v in drawn.items()}
+        per_hour = np.bincount(drawn["offset_ms"] // 3_600_000, minlength=24)
+    else:
+        per_hour = np.full(24, events // 24)
+        per_hour[: events % 24] += 1
     written = size = 0
     offset = 0
     for hour, n in enumerate(per_hour):
         n = int(n)
-        types = rng.choice(len(TYPES), n, p=WEIGHTS)
+        if sessions == "visits":
+            here = slice(offset, offset + n)
+            types, customer = drawn["type"][here], drawn["customer"][here]
+            event_ts = day_ms + drawn["offset_ms"][here]
+            user = users.take(pa.array(drawn["user"][here]))
+            visit_ids = pc.binary_join_element_wise(
+                "s-", pc.cast(pa.array(drawn["visit"][here]), pa.string()), ""
+            )
+            session = pc.if_else(pa.array(drawn["product"][here]), visit_ids, None)
+        else:
+            types = rng.choice(len(TYPES), n, p=WEIGHTS)
+            event_ts = day_ms + hour * 3_600_000 + rng.integers(0, 3_600_000, n)
+            customer = rng.choice(20, n, p=customer_p)
+            user = users.take(pa.array(rng.integers(0, 500_000, n)))
+            session = sessions_pool.take(pa.array(rng.integers(0, 2_000_000, n)))
         is_ad = np.isin(types, [TYPES.index(t) for t in AD])
         is_product = ~is_ad
         ids = np.arange(offset, offset + n)
         dup = rng.random(n) < 0.01  # 1 % of rows repeat an earlier event of the hour
         ids[dup] = offset + (rng.random(dup.sum()) * (np.arange(n)[dup] + 1)).astype(np.int64)
-        event_ts = day_ms + hour * 3_600_000 + rng.integers(0, 3_600_000, n)
-        customer = rng.choice(20, n, p=customer_p)
         campaign = rng.integers(0, 10, n)
         site = (customer * 15 + rng.integers(0, 30, n)) % 300
         cost = np.where(types == 4, 0.0025, np.where(types == 5, 0.4, 5.0))
@@ -90,8 +158,8 @@ def generate(lake: Path, events: int, seed: int = 7) -> tuple[int, int]:
             "customer_id": customers.take(pa.array(customer)),
             "source": pa.array(["web-sdk"] * n),
             "schema_version": pa.array(np.full(n, 2, np.int32)),
-            "user_id": users.take(pa.array(rng.integers(0, 500_000, n))),
-            "session_id": sessions.take(pa.array(rng.integers(0, 2_000_000, n))),
+            "user_id": user,
+            "session_id": session,
             "device": devices.take(pa.array(rng.integers(0, 4, n))),
             "url": urls.take(pa.array(rng.integers(0, 5000, n), mask=~(types <= 1))),
             # each customer runs its 10 campaigns on 30 of the 300 sites; 5 sites per publisher
@@ -198,6 +266,12 @@ def main() -> None:
     parser.add_argument("--no-clickhouse", action="store_true")
     parser.add_argument("--history", default="7,90", help="days of history, comma separated")
     parser.add_argument("--history-events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--sessions",
+        choices=["visits", "uniform"],
+        default="visits",
+        help="how the day's events fall into visits (see generate())",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ep-bench-marts-") as tmp:
@@ -208,10 +282,11 @@ def main() -> None:
 
         settings = get_settings()
         start = time.perf_counter()
-        rows, size = generate(settings.lake_dir, args.events)
+        rows, size = generate(settings.lake_dir, args.events, sessions=args.sessions)
         generated = time.perf_counter() - start
         print(
-            f"generated {rows:,} events ({size / 1e6:.0f} MB Parquet, 24 files) in {generated:.1f}s"
+            f"generated {rows:,} events ({size / 1e6:.0f} MB Parquet, 24 files, sessions "
+            f"{args.sessions}) in {generated:.1f}s"
         )
         files = sorted(str(p) for p in settings.lake_dir.rglob("*.parquet"))
 

@@ -9,6 +9,9 @@ For a day D the builder gives the mart SQL these relations (in an in-memory Duck
   ids are the sender's, so two customers may both use "1", "2", ... and keep their events.
   Both are views over the day's Parquet files (see :func:`day_events`): each mart reads only
   the columns it uses; ``sum_event_bytes()`` in a mart is ``sum(event_bytes)``, cheaper;
+- ``billed_events_raw``, ``billed_events``: the same with bots in (what a customer is billed
+  for), and ``billed_events_repeated`` (customer_id, event_id of the raw rows whose key hash
+  repeats: every row whose key repeats is among them);
 - ``dead_letters``: the day's dead letters (``customer_id``, ``reason``, ``stage``, ``bytes``);
 - ``day_users``: the distinct (customer_id, user_id) of ``events``;
 - ``user_activity``: (customer_id, user_id, active_days) for the users active in the 63 days
@@ -100,19 +103,24 @@ def day_events(
     overflow_topic: str,
     include_bots: bool = False,
     name: str = "events",
+    billed: str | None = None,
 ) -> None:
     """The relations ``<name>_raw`` (``events_raw`` for ``events``: as landed) and ``<name>``
     (one row per customer_id and event_id, the first landed wins), as views over the day's
-    Parquet files, so each mart reads only its own columns.
+    Parquet files, so each mart reads only its own columns. Bots are left out of both unless
+    ``include_bots`` (``eventplatform.marts.enriched``). With ``billed``, also ``<billed>_raw``
+    and ``<billed>``: the same with bots in (what a customer is billed for), from the same pass,
+    and ``<billed>_repeated``: the keys of the raw rows whose key hash is repeated (a superset
+    of the rows whose key is), so a check can count distinct keys without grouping the day.
 
     Dedupe without a hash table of every id: a 64-bit hash of (customer_id, event_id) groups
     the day once to find the repeated hashes (about 1 % of rows, and any hash collision);
     among those rows only, the exact ids decide, and the rows that lose are listed by file and
-    row number. ``<name>`` is the landed rows minus that short list (an anti-join). Bots are
-    left out of both unless ``include_bots`` (``eventplatform.marts.enriched``).
+    row number. ``<name>`` is the landed rows minus that short list (an anti-join). The bots'
+    rows are among the candidates, so the list without them is made from the same short table.
     """
     raw = "events_raw" if name == "events" else f"{name}_raw"
-    landed, dropped = f"_landed_{name}", f"_dropped_{name}"
+    landed, repeated = f"_landed_{name}", f"_repeated_{name}"
     con.register(EMPTY_EVENTS, landed_schema().empty_table())
     source = (
         f"(SELECT *, NULL::VARCHAR AS filename, NULL::BIGINT AS file_row_number "
@@ -124,24 +132,40 @@ def day_events(
             f"read_parquet({files}, union_by_name = true, hive_partitioning = false, "
             "filename = true, file_row_number = true)"
         )
-    con.execute(f"CREATE TEMP VIEW {landed} AS SELECT * FROM {source}" + bot_filter(include_bots))
+    con.execute(f"CREATE TEMP VIEW {landed} AS SELECT * FROM {source}")
     con.execute(
-        f"CREATE TEMP TABLE {dropped} AS SELECT filename, file_row_number FROM {landed} "
-        f"WHERE hash(customer_id, event_id) IN (SELECT hash(customer_id, event_id) FROM {landed} "
-        "GROUP BY 1 HAVING count(*) > 1) "
-        "QUALIFY row_number() OVER (PARTITION BY customer_id, event_id ORDER BY landed_ts, "
-        "kafka_topic, kafka_partition, kafka_offset, filename, file_row_number) > 1"
+        f"CREATE TEMP TABLE {repeated} AS SELECT filename, file_row_number, customer_id, "
+        "event_id, coalesce(is_bot, false) AS is_bot, landed_ts, kafka_topic, kafka_partition, "
+        f"kafka_offset FROM {landed} WHERE hash(customer_id, event_id) IN "
+        f"(SELECT hash(customer_id, event_id) FROM {landed} GROUP BY 1 HAVING count(*) > 1)"
     )
     columns = (
         f"l.* EXCLUDE (filename, file_row_number), l.kafka_topic = {_literal(overflow_topic)} "
         f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
         f"DATE '{day.day.isoformat()}' AS event_date"
     )
-    con.execute(f"CREATE TEMP VIEW {raw} AS SELECT {columns} FROM {landed} AS l")
-    con.execute(
-        f"CREATE TEMP VIEW {name} AS SELECT {columns} FROM {landed} AS l "
-        f"ANTI JOIN {dropped} USING (filename, file_row_number)"
-    )
+    wanted = [(name, raw, include_bots)]
+    if billed is not None:
+        wanted.append((billed, f"{billed}_raw", True))
+        # every row whose key is sent more than once is among these (equal keys, equal hashes)
+        con.execute(
+            f"CREATE TEMP VIEW {billed}_repeated AS SELECT customer_id, event_id FROM {repeated}"
+        )
+    for relation, relation_raw, bots in wanted:
+        dropped = f"_dropped_{relation}"
+        people = "" if bots else " WHERE NOT is_bot"
+        con.execute(
+            f"CREATE TEMP TABLE {dropped} AS SELECT filename, file_row_number FROM {repeated}"
+            f"{people} QUALIFY row_number() OVER (PARTITION BY customer_id, event_id "
+            "ORDER BY landed_ts, kafka_topic, kafka_partition, kafka_offset, filename, "
+            "file_row_number) > 1"
+        )
+        rows = f"{landed} AS l" + bot_filter(bots, "l")
+        con.execute(f"CREATE TEMP VIEW {relation_raw} AS SELECT {columns} FROM {rows}")
+        con.execute(
+            f"CREATE TEMP VIEW {relation} AS SELECT {columns} FROM {landed} AS l "
+            f"ANTI JOIN {dropped} USING (filename, file_row_number)" + bot_filter(bots, "l")
+        )
 
 
 @dataclass(frozen=True)
@@ -207,9 +231,8 @@ class MartBuilder:
 
     def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> None:
         overflow = self.settings.kafka.overflow_topic
-        day_events(con, day, overflow, self.settings.marts.include_bots)
         # What a customer is billed for is everything it sent, bots too (customer_usage_daily)
-        day_events(con, day, overflow, include_bots=True, name="billed_events")
+        day_events(con, day, overflow, self.settings.marts.include_bots, billed="billed_events")
         if day.dead_letters:
             con.execute(
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "

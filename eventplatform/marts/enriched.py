@@ -32,6 +32,7 @@ def events_source(parquet_scan: str) -> str:
     return f"(SELECT * FROM {EMPTY_EVENTS} UNION ALL BY NAME SELECT * FROM {parquet_scan})"
 
 
-def bot_filter(include_bots: bool) -> str:
-    """The WHERE clause of the marts' input."""
-    return "" if include_bots else " WHERE NOT coalesce(is_bot, false)"
+def bot_filter(include_bots: bool, table: str = "") -> str:
+    """The WHERE clause of the marts' input (``table``: the alias its columns are read under)."""
+    column = f"{table}.is_bot" if table else "is_bot"
+    return "" if include_bots else f" WHERE NOT coalesce({column}, false)"

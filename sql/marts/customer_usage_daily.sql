@@ -20,7 +20,9 @@
 --   bytes of the original message.
 -- column users: Distinct user_id among the events.
 -- reconcile: sum(events) == (SELECT count(*) FROM billed_events)
--- reconcile: sum(events) == (SELECT count(DISTINCT (customer_id, event_id)) FROM billed_events_raw)
+-- reconcile: sum(events) == (SELECT count(*) FROM billed_events_raw)
+--   - (SELECT count(*) FROM billed_events_repeated)
+--   + (SELECT count(DISTINCT (customer_id, event_id)) FROM billed_events_repeated)
 -- reconcile: sum(events + duplicates_dropped) == (SELECT count(*) FROM billed_events_raw)
 -- reconcile: sum(overflow_events) == (SELECT count(*) FROM billed_events WHERE is_overflow)
 -- reconcile: sum(dead_letters) == (SELECT count(*) FROM dead_letters)

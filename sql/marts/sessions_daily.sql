@@ -33,33 +33,38 @@
 --   AND (session_id IS NOT NULL OR user_id IS NOT NULL))
 -- reconcile: count(*) FILTER (WHERE session_key NOT LIKE '%#%') == (SELECT count(DISTINCT
 --   (customer_id, session_id)) FROM events WHERE session_id IS NOT NULL)
-WITH visits AS (
+-- Only the events without a session_id are put in order (a window per user); the others are
+-- grouped by their session_id as they come, which costs a hash table, not a sort of the day.
+-- Events of a user at the same instant: the gap between them is 0, so only the first can start
+-- a visit, and the count of starts up to an instant (RANGE: the instant's events included) is
+-- the same whichever of them comes first. No tie-breaker to sort on.
+WITH without_id AS (  -- a user's events without a session_id: visits cut by 30 idle minutes
     SELECT
-        *,
-        CASE WHEN session_id IS NULL THEN
-            coalesce(
-                event_ts - lag(event_ts) OVER (
-                    PARTITION BY customer_id, user_id, session_id IS NULL
-                    ORDER BY event_ts, event_id
-                ) >= INTERVAL 30 MINUTE,
-                true
-            )
-        END AS starts_visit
+        customer_id, user_id, event_ts, event_type, url, utm_source, referrer_class,
+        geo_country, device_class,
+        coalesce(
+            event_ts - lag(event_ts) OVER (
+                PARTITION BY customer_id, user_id ORDER BY event_ts
+            ) >= INTERVAL 30 MINUTE,
+            true
+        ) AS starts_visit
     FROM events
-    WHERE session_id IS NOT NULL OR user_id IS NOT NULL
+    WHERE session_id IS NULL AND user_id IS NOT NULL
 ),
 keyed AS (
     SELECT
-        *,
-        coalesce(
-            session_id,
-            user_id || '#' || sum(starts_visit::INTEGER) OVER (
-                PARTITION BY customer_id, user_id, session_id IS NULL
-                ORDER BY event_ts, event_id
-                ROWS UNBOUNDED PRECEDING
-            )
-        ) AS session_key
-    FROM visits
+        customer_id, session_id AS session_key, user_id, event_ts, event_type, url, utm_source,
+        referrer_class, geo_country, device_class
+    FROM events
+    WHERE session_id IS NOT NULL
+    UNION ALL
+    SELECT
+        customer_id,
+        user_id || '#' || sum(starts_visit::INTEGER) OVER (
+            PARTITION BY customer_id, user_id ORDER BY event_ts RANGE UNBOUNDED PRECEDING
+        ),
+        user_id, event_ts, event_type, url, utm_source, referrer_class, geo_country, device_class
+    FROM without_id
 )
 SELECT
     $event_date::DATE AS event_date,
