@@ -458,7 +458,7 @@ class MartBuilder:
 
             with self.clickhouse.session():  # the engine opened once for every mart's copy
                 for name, (table, part) in computed.items():
-                    mirror_day(self.clickhouse, self.by_name[name], day, table)
+                    mirror_day(self.clickhouse, self.by_name[name], day, table, part.parquet_path)
                     part.mirrored = True
                     part.reconciliations.extend(self.compare_mirror(name, day, table))
         self.timings["clickhouse"] = time.perf_counter() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -52,8 +53,13 @@ def create_table_sql(database: str, mart: Mart, schema: pa.Schema) -> str:
     )
 
 
-def mirror_day(clickhouse: ClickHouse, mart: Mart, day: date, table: pa.Table) -> None:
-    """Replace the day's partition of the mart's ClickHouse table with ``table``."""
+def mirror_day(
+    clickhouse: ClickHouse, mart: Mart, day: date, table: pa.Table, exported: Path | None = None
+) -> None:
+    """Replace the day's partition of the mart's ClickHouse table with ``table``.
+
+    With the embedded engine and the day's Parquet export (``exported``, the same rows), the
+    engine reads the file itself: about half the CPU of sending it the Arrow table."""
     db = clickhouse.database
     target = f"{db}.{mart.name}"
     stage = f"{db}.{mart.name}__stage_{day.strftime('%Y%m%d')}_{uuid.uuid4().hex[:8]}"
@@ -75,8 +81,15 @@ def mirror_day(clickhouse: ClickHouse, mart: Mart, day: date, table: pa.Table) -
         client.command(f"DROP TABLE IF EXISTS {stage}")
         client.command(f"CREATE TABLE {stage} AS {target}")
         try:
-            if table.num_rows:
+            if table.num_rows and clickhouse.embedded and exported is not None:
+                columns = ", ".join(f"`{name}`" for name in table.schema.names)
+                path = str(exported).replace("\\", "\\\\").replace("'", "\\'")
+                client.command(
+                    f"INSERT INTO {stage} ({columns}) SELECT {columns} FROM file('{path}', Parquet)"
+                )
+            elif table.num_rows:
                 client.insert_arrow(stage, table)
+            if table.num_rows:
                 client.command(
                     f"ALTER TABLE {target} REPLACE PARTITION ID '{partition}' FROM {stage}"
                 )
