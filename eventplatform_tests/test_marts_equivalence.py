@@ -13,14 +13,16 @@ import random
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pytest
 
 from eventplatform.enrich import Enricher, Reference
 from eventplatform.events.arrow import events_to_arrow, landed_schema
 from eventplatform.land.lake import OffsetRange, write_events
-from eventplatform.marts.build import MartBuilder, expand
+from eventplatform.marts.build import MartBuilder, batched_sides, expand
 from eventplatform.marts.inputs import LakeScanner
 from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event
+from eventplatform_tests.marts_data import D1, make_lake
 
 DAY = date(2026, 11, 16)
 MIDNIGHT = datetime(2026, 11, 16, tzinfo=UTC)
@@ -163,3 +165,48 @@ def test_one_dedupe_pass_serves_the_marts_events_and_the_billed_events(
     ).fetchall()
     assert distinct == [(4, 4)]
     con.close()
+
+
+def test_the_checks_computed_in_one_scan_equal_each_computed_alone(mart_env: Settings) -> None:
+    """The plain events sides of the reconcile lines are computed together, one scan per
+    relation; each gives what its own query gives, over a day with every kind of event."""
+    make_lake(mart_env.lake_dir)
+    builder = MartBuilder(mart_env)
+    con = builder._connect(spill=False)
+    scanner = LakeScanner(mart_env.lake_dir)
+    builder._prepare(con, scanner.day(D1))
+    builder._prepare_state(con, D1, scanner, builder.marts, set())
+    sides = [r.events_expr for m in builder.marts for r in m.reconciliations]
+    batches, rest = batched_sides(sides)
+    assert sum(len(b) for b in batches.values()) >= 10 and ("events", False) in batches
+    together = builder._events_sides(con, builder.marts, D1)
+    for side in sides:
+        sql = f"SELECT ({side})::DOUBLE"
+        alone = con.execute(sql, builder._params(sql, D1)).fetchall()[0][0]
+        if side in rest:
+            assert side not in together
+        else:
+            assert together[side] == pytest.approx(alone, rel=1e-12), side
+    assert any(together[s] for s in together)  # not all zero: the day has events
+    con.close()
+
+
+def test_only_a_plain_side_is_batched() -> None:
+    batches, rest = batched_sides(
+        [
+            "(SELECT count(*) FROM events WHERE a IN (1, 2))",
+            "(SELECT coalesce(sum(cost), 0) FROM events)",
+            "(SELECT count(*) FROM events WHERE a = 1) * (2)",  # not one condition
+            "(SELECT count(*) FROM events WHERE a = (SELECT 1))",  # a subquery
+            "(SELECT count(*) FROM day_users) - 1",
+        ]
+    )
+    assert batches == {
+        ("events", False): {
+            "(SELECT count(*) FROM events WHERE a IN (1, 2))": (
+                "count(*) FILTER (WHERE a IN (1, 2))"
+            ),
+            "(SELECT coalesce(sum(cost), 0) FROM events)": "coalesce(sum(cost), 0)",
+        }
+    }
+    assert len(rest) == 3

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -95,6 +96,54 @@ def event_bytes_sum_sql() -> str:
 def expand(sql: str) -> str:
     """A mart's SQL with ``sum_event_bytes()`` written out (DuckDB macros cannot name columns)."""
     return sql.replace("sum_event_bytes()", event_bytes_sum_sql())
+
+
+# A reconcile line's events side of the plain form "(SELECT <aggregate> FROM <relation>
+# [WHERE <condition>])": such lines over the same relation are computed in one scan.
+_SIMPLE_SIDE = re.compile(
+    r"^\(SELECT (?P<agg>count\(\*\)|count\(DISTINCT [\w(), ]+\)|sum\(\w+\)"
+    r"|coalesce\(sum\(\w+\), 0\)) FROM (?P<relation>\w+)"
+    r"(?: WHERE (?P<condition>(?:(?!SELECT).)+))?\)$",
+    re.DOTALL,
+)
+
+
+def _nested(text: str) -> bool:
+    """Whether no parenthesis of ``text`` closes one opened before it (``a) + (b`` is not
+    one condition). A parenthesis in a quoted string can only make a side fall back to being
+    computed on its own."""
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def batched_sides(
+    expressions: Iterable[str],
+) -> tuple[dict[tuple[str, bool], dict[str, str]], list[str]]:
+    """The plain events sides in batches of one scan, by (relation, distinct counts or not),
+    each side as a filtered aggregate (``count(*) FILTER (WHERE c)`` is ``(SELECT count(*)
+    FROM r WHERE c)``); and the sides that are not plain."""
+    batches: dict[str, dict[str, str]] = {}
+    rest: list[str] = []
+    for expression in dict.fromkeys(expressions):
+        match = _SIMPLE_SIDE.match(expression)
+        if match is None or not _nested(match.group("condition") or ""):
+            rest.append(expression)
+            continue
+        agg, condition = match.group("agg"), match.group("condition")
+        if condition:
+            where = f" FILTER (WHERE {condition})"
+            if agg.startswith("coalesce("):  # the filter goes on the aggregate inside
+                agg = agg.replace(")", ")" + where, 1)
+            else:
+                agg += where
+        # apart: a distinct count beside plain aggregates makes DuckDB keep the rows for both
+        batch = (match.group("relation"), "DISTINCT" in agg)
+        batches.setdefault(batch, {})[expression] = agg
+    return batches, rest
 
 
 def day_events(
@@ -365,7 +414,7 @@ class MartBuilder:
                     )
                 )
             self.timings["state"] = time.perf_counter() - start
-            cache: dict[str, float | None] = {}
+            cache = self._events_sides(con, marts, day)
             for mart in marts:
                 start = time.perf_counter()
                 sql = expand(mart.sql)
@@ -383,6 +432,19 @@ class MartBuilder:
         finally:
             con.close()
         return out
+
+    def _events_sides(self, con, marts: list[Mart], day: date) -> dict[str, float | None]:
+        """The events side of every reconcile line of ``marts``: the plain ones in one scan
+        per relation (each would otherwise read the day again), the others on their own
+        when a mart is reconciled."""
+        batches, _ = batched_sides(r.events_expr for m in marts for r in m.reconciliations)
+        sides: dict[str, float | None] = {}
+        for (relation, _), aggregates in batches.items():
+            columns = ", ".join(f"({agg})::DOUBLE" for agg in aggregates.values())
+            sql = f"SELECT {columns} FROM {relation}"
+            row = con.execute(sql, self._params(sql, day)).fetchall()[0]
+            sides.update(zip(aggregates, row, strict=True))
+        return sides
 
     def _reconcile(
         self, con, mart: Mart, table: pa.Table, day: date, cache: dict | None = None
@@ -428,7 +490,7 @@ class MartBuilder:
         try:
             self._prepare(con, scanner.day(day))
             self._prepare_state(con, day, scanner, marts, set())
-            cache: dict[str, float | None] = {}
+            cache = self._events_sides(con, marts, day)
             return {m.name: self._reconcile(con, m, stored[m.name], day, cache) for m in marts}
         finally:
             con.close()
