@@ -1,11 +1,14 @@
 """Build time of one day's marts against DuckDB's bare scan of the same Parquet files.
 
     .venv/bin/python bench/bench_marts.py [--events 10000000] [--scans 3] [--runs 3]
-        [--no-clickhouse] [--history 7,90] [--history-events 1000000]
+        [--no-clickhouse] [--history 7,90] [--history-events 1000000] [--sessions visits]
 
 Generates one day of landed events straight into a throwaway lake with pyarrow/numpy (the
 landed schema, one file per hour as the landing job writes them, 1 % duplicated event ids,
-a realistic mix of ad and product events), then, in the same run:
+a realistic mix of ad and product events, in visits of a user of a customer: 8 events a visit
+on average, product visits with a session_id, ad visits without, as the simulator sends them;
+``--sessions uniform`` draws each event's user and session on its own instead, as before
+2026-12-07), then, in the same run:
 
 - the bare scan: DuckDB reads every column of every file (``count(col)`` for each column,
   so each is decoded), median of ``--scans`` runs;
