@@ -95,6 +95,59 @@ def _visits(rng: np.random.Generator, events: int, customer_p: np.ndarray) -> di
     }
 
 
+_AGENTS = [
+    f"Mozilla/5.0 ({os_}) AppleWebKit/537.36 (KHTML, like Gecko) {browser}/{major}.0 Safari/537.36"
+    for os_ in (
+        "Windows NT 10.0; Win64; x64",
+        "Macintosh; Intel Mac OS X 10_15_7",
+        "Linux; Android 14; Pixel 8",
+        "iPhone; CPU iPhone OS 17_5 like Mac OS X",
+    )
+    for browser in ("Chrome", "Edg", "Firefox")
+    for major in (120, 121, 122, 123)
+]
+_COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA", "AU", "ES", "IT", "NL", "MX", "PL"]
+
+
+def _enriched(user: np.ndarray, visit: np.ndarray, types: np.ndarray, product: np.ndarray):
+    """The columns the landing job's enrichment and the SDK add: a user keeps one IP, agent
+    and country; a visit one referrer and, for a third of product visits, UTM parameters on
+    its URL. One user in 200 is a bot (left out of every mart but usage)."""
+    agents = pa.array(_AGENTS)
+    agent = user % len(_AGENTS)
+    ip = pc.binary_join_element_wise(
+        "10.",
+        pc.cast(pa.array((user >> 8) % 256), pa.string()),
+        ".",
+        pc.cast(pa.array(user % 256), pa.string()),
+        ".1",
+        "",
+    )
+    referrer_class = pa.array(["search", "social", "direct", "email", "paid"]).take(
+        pa.array(visit % 5)
+    )
+    utm = product & (visit % 3 == 0)
+    return {
+        "ip": ip,
+        "user_agent": agents.take(pa.array(agent)),
+        "ua_browser": pa.array(["Chrome", "Edge", "Firefox"]).take(pa.array(agent // 4 % 3)),
+        "ua_os": pa.array(["Windows", "Mac OS X", "Android", "iOS"]).take(pa.array(agent // 12)),
+        "device_class": pa.array(["desktop", "desktop", "mobile", "mobile"]).take(
+            pa.array(agent // 12)
+        ),
+        "is_bot": pa.array(user % 200 == 0),
+        "geo_country": pa.array(_COUNTRIES).take(pa.array(user % len(_COUNTRIES))),
+        "ip_mode": pa.array(["truncate"] * len(user)),
+        "referrer": pc.if_else(
+            pa.array(product), pa.array(["https://www.google.com/"] * len(user)), None
+        ),
+        "referrer_class": pc.if_else(pa.array(product), referrer_class, None),
+        "utm_source": pc.if_else(pa.array(utm), pa.array(["newsletter"] * len(user)), None),
+        "utm_medium": pc.if_else(pa.array(utm), pa.array(["email"] * len(user)), None),
+        "enrich_version": pa.array(["1"] * len(user)),
+    }
+
+
 def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -> tuple[int, int]:
     """One day of landed events, one file per hour; returns (rows, bytes on disk).
 
@@ -134,17 +187,17 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
             here = slice(offset, offset + n)
             types, customer = drawn["type"][here], drawn["customer"][here]
             event_ts = day_ms + drawn["offset_ms"][here]
-            user = users.take(pa.array(drawn["user"][here]))
-            visit_ids = pc.binary_join_element_wise(
-                "s-", pc.cast(pa.array(drawn["visit"][here]), pa.string()), ""
-            )
+            user_index, visit = drawn["user"][here], drawn["visit"][here]
+            visit_ids = pc.binary_join_element_wise("s-", pc.cast(pa.array(visit), pa.string()), "")
             session = pc.if_else(pa.array(drawn["product"][here]), visit_ids, None)
         else:
             types = rng.choice(len(TYPES), n, p=WEIGHTS)
             event_ts = day_ms + hour * 3_600_000 + rng.integers(0, 3_600_000, n)
             customer = rng.choice(20, n, p=customer_p)
-            user = users.take(pa.array(rng.integers(0, 500_000, n)))
+            user_index = rng.integers(0, 500_000, n)
+            visit = np.arange(offset, offset + n)
             session = sessions_pool.take(pa.array(rng.integers(0, 2_000_000, n)))
+        user = users.take(pa.array(user_index))
         is_ad = np.isin(types, [TYPES.index(t) for t in AD])
         is_product = ~is_ad
         ids = np.arange(offset, offset + n)
@@ -180,6 +233,7 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
             "kafka_partition": pa.array(np.full(n, hour % 12, np.int32)),
             "kafka_offset": pa.array(np.arange(offset, offset + n)),
             "landed_ts": pa.array(event_ts + 2000, pa.timestamp("ms", tz="UTC")),
+            **_enriched(user_index, visit, types, is_product),
         }
         table = pa.table(
             {
