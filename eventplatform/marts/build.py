@@ -126,7 +126,7 @@ def batched_sides(
     """The plain events sides in batches of one scan, by (relation, distinct counts or not),
     each side as a filtered aggregate (``count(*) FILTER (WHERE c)`` is ``(SELECT count(*)
     FROM r WHERE c)``); and the sides that are not plain."""
-    batches: dict[str, dict[str, str]] = {}
+    batches: dict[tuple[str, bool], dict[str, str]] = {}
     rest: list[str] = []
     for expression in dict.fromkeys(expressions):
         match = _SIMPLE_SIDE.match(expression)
