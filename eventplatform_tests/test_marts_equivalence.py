@@ -109,6 +109,33 @@ def test_sessions_equal_one_window_over_every_event(mart_env: Settings) -> None:
                 ip=f"81.2.69.{minute % 200}",
             )
         )
+    # at the edges of the half hours the mart groups id-less events by: gaps of 1 ms, just
+    # under 30 minutes and exactly 30 minutes, within one half hour and across two
+    edges = [
+        "00:29:59.999",
+        "00:30:00.000",
+        "01:00:00.000",
+        "01:30:00.000",
+        "02:10:00.000",
+        "02:39:59.999",
+        "03:00:00.000",
+        "03:29:59.999",
+        "04:15:00.000",
+        "04:45:00.000",
+    ]
+    for k, clock in enumerate(edges):
+        when = datetime.fromisoformat(f"2026-11-16T{clock}+00:00")
+        events.append(
+            decoded_event(
+                "page_view",
+                "shop",
+                when,
+                user_id="edge",
+                session_id=None,
+                event_id=f"edge{k}",
+                event_ts=int(when.timestamp() * 1000),
+            )
+        )
     _land(mart_env, events, [False] * len(events), 0)
     builder, con = _day(mart_env)
     mart = expand(builder.by_name["sessions_daily"].sql)
@@ -119,6 +146,15 @@ def test_sessions_equal_one_window_over_every_event(mart_env: Settings) -> None:
     assert len(built) > 300
     assert any("#" in row[2] and not row[2].endswith("#1") for row in built)  # gap sessions
     assert sorted(built, key=repr) == sorted(reference, key=repr)
+    edge_visits = sorted((r[2], r[7]) for r in built if r[1] == "shop" and r[3] == "edge")
+    assert edge_visits == [
+        ("edge#1", 2),
+        ("edge#2", 1),
+        ("edge#3", 1),
+        ("edge#4", 4),
+        ("edge#5", 1),
+        ("edge#6", 1),
+    ]
 
 
 def test_one_dedupe_pass_serves_the_marts_events_and_the_billed_events(

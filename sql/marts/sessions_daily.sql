@@ -33,23 +33,41 @@
 --   AND (session_id IS NOT NULL OR user_id IS NOT NULL))
 -- reconcile: count(*) FILTER (WHERE session_key NOT LIKE '%#%') == (SELECT count(DISTINCT
 --   (customer_id, session_id)) FROM events WHERE session_id IS NOT NULL)
--- Only the events without a session_id are put in order (a window per user); the others are
--- grouped by their session_id as they come, which costs a hash table, not a sort of the day.
--- Events of a user at the same instant: the gap between them is 0, so only the first can start
--- a visit, and the count of starts up to an instant (RANGE: the instant's events included) is
--- the same whichever of them comes first. No tie-breaker to sort on.
-WITH without_id AS (  -- a user's events without a session_id: visits cut by 30 idle minutes
+-- A user's events without a session_id make visits cut by 30 idle minutes. Two events in the
+-- same half hour of the day (a "slot") are less than 30 minutes apart, so within a slot only
+-- its first event can start a visit: when the user's previous slot ended 30 minutes or more
+-- before it. What is put in order is a user's slots (48 a day at most, however many events),
+-- not their events, and each event takes its slot's visit. Events with a session_id are
+-- grouped by it as they come: a hash table, no sort.
+WITH slots AS (
     SELECT
-        customer_id, user_id, event_ts, event_type, url, utm_source, referrer_class,
-        geo_country, device_class,
-        coalesce(
-            event_ts - lag(event_ts) OVER (
-                PARTITION BY customer_id, user_id ORDER BY event_ts
-            ) >= INTERVAL 30 MINUTE,
-            true
-        ) AS starts_visit
+        customer_id,
+        user_id,
+        epoch_ms(event_ts) // 1800000 AS slot,
+        min(event_ts) AS first_ts,
+        max(event_ts) AS last_ts
     FROM events
     WHERE session_id IS NULL AND user_id IS NOT NULL
+    GROUP BY ALL
+),
+slot_visits AS (  -- each slot's visit: the visits started up to it
+    SELECT
+        customer_id,
+        user_id,
+        slot,
+        sum(starts_visit::INTEGER) OVER (
+            PARTITION BY customer_id, user_id ORDER BY slot ROWS UNBOUNDED PRECEDING
+        ) AS visit
+    FROM (
+        SELECT
+            *,
+            coalesce(
+                first_ts - lag(last_ts) OVER (PARTITION BY customer_id, user_id ORDER BY slot)
+                    >= INTERVAL 30 MINUTE,
+                true
+            ) AS starts_visit
+        FROM slots
+    )
 ),
 keyed AS (
     SELECT
@@ -59,12 +77,14 @@ keyed AS (
     WHERE session_id IS NOT NULL
     UNION ALL
     SELECT
-        customer_id,
-        user_id || '#' || sum(starts_visit::INTEGER) OVER (
-            PARTITION BY customer_id, user_id ORDER BY event_ts RANGE UNBOUNDED PRECEDING
-        ),
-        user_id, event_ts, event_type, url, utm_source, referrer_class, geo_country, device_class
-    FROM without_id
+        e.customer_id, e.user_id || '#' || v.visit, e.user_id, e.event_ts, e.event_type, e.url,
+        e.utm_source, e.referrer_class, e.geo_country, e.device_class
+    FROM events AS e
+    JOIN slot_visits AS v
+        ON v.customer_id = e.customer_id
+        AND v.user_id = e.user_id
+        AND v.slot = epoch_ms(e.event_ts) // 1800000
+    WHERE e.session_id IS NULL AND e.user_id IS NOT NULL
 )
 SELECT
     $event_date::DATE AS event_date,
