@@ -212,7 +212,10 @@ def test_every_partition_reconciles_and_the_check_catches_a_mismatch(
     source = (REPO_ROOT / "sql" / "marts" / "campaign_performance_daily.sql").read_text()
     broken = tmp_path / "campaign_performance_daily.sql"
     broken.write_text(
-        source.replace("WHERE e.event_type IN", "WHERE e.site_id <> 's-2' AND e.event_type IN")
+        source.replace(
+            "    FROM events\n    WHERE event_type IN",
+            "    FROM events\n    WHERE site_id <> 's-2' AND event_type IN",
+        )
     )
     builder = MartBuilder(mart_env, [parse_mart(broken)], clickhouse=clickhouse)
     ((_, part),) = builder.compute_day(D1).values()

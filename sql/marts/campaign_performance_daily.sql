@@ -33,31 +33,29 @@
 --   WHERE event_type IN ('impression', 'ad_click', 'conversion'))
 -- reconcile: sum(revenue) == (SELECT coalesce(sum(revenue), 0) FROM events
 --   WHERE event_type IN ('impression', 'ad_click', 'conversion'))
-WITH ad AS (
+WITH ad AS (  -- per grain first: the advertiser is joined to these rows, not to every event
     SELECT
-        e.customer_id,
-        e.campaign_id,
-        c.advertiser,
-        e.site_id,
-        e.publisher_id,
-        e.device,
-        e.currency,
-        count(*) FILTER (WHERE e.event_type = 'impression') AS impressions,
-        count(*) FILTER (WHERE e.event_type = 'ad_click') AS clicks,
-        count(*) FILTER (WHERE e.event_type = 'conversion') AS conversions,
-        coalesce(sum(e.cost), 0) AS cost,
-        coalesce(sum(e.revenue), 0) AS revenue,
-        coalesce(sum(e.value) FILTER (WHERE e.event_type = 'conversion'), 0) AS conversion_value
-    FROM events AS e
-    LEFT JOIN campaigns AS c ON c.campaign_id = e.campaign_id AND c.owner = e.customer_id
-    WHERE e.event_type IN ('impression', 'ad_click', 'conversion')
+        customer_id,
+        campaign_id,
+        site_id,
+        publisher_id,
+        device,
+        currency,
+        count(*) FILTER (WHERE event_type = 'impression') AS impressions,
+        count(*) FILTER (WHERE event_type = 'ad_click') AS clicks,
+        count(*) FILTER (WHERE event_type = 'conversion') AS conversions,
+        coalesce(sum(cost), 0) AS cost,
+        coalesce(sum(revenue), 0) AS revenue,
+        coalesce(sum(value) FILTER (WHERE event_type = 'conversion'), 0) AS conversion_value
+    FROM events
+    WHERE event_type IN ('impression', 'ad_click', 'conversion')
     GROUP BY ALL
 )
 SELECT
     $event_date::DATE AS event_date,
-    customer_id,
-    campaign_id,
-    advertiser,
+    ad.customer_id,
+    ad.campaign_id,
+    c.advertiser,
     site_id,
     publisher_id,
     device,
@@ -72,4 +70,5 @@ SELECT
     round(conversion_value, 6) AS conversion_value,
     round(cost * 1000 / nullif(impressions, 0), 6) AS ecpm
 FROM ad
+LEFT JOIN campaigns AS c ON c.campaign_id = ad.campaign_id AND c.owner = ad.customer_id
 ORDER BY customer_id, campaign_id, site_id, publisher_id, device, currency
