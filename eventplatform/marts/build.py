@@ -162,8 +162,9 @@ def day_events(
     and ``<billed>_repeated``: the keys of the raw rows whose key hash is repeated (a superset
     of the rows whose key is), so a check can count distinct keys without grouping the day.
 
-    Dedupe without a hash table of every id: a 64-bit hash of (customer_id, event_id) groups
-    the day once to find the repeated hashes (about 1 % of rows, and any hash collision);
+    Dedupe without a hash table of every id: the day's 64-bit hashes of (customer_id,
+    event_id) are sorted once (cheaper than a hash table of them) to find the repeated ones
+    (about 1 % of rows, and any hash collision);
     among those rows only, the exact ids decide, and the rows that lose are listed by file and
     row number. ``<name>`` is the landed rows minus that short list (an anti-join). The bots'
     rows are among the candidates, so the list without them is made from the same short table.
@@ -186,7 +187,8 @@ def day_events(
         f"CREATE TEMP TABLE {repeated} AS SELECT filename, file_row_number, customer_id, "
         "event_id, coalesce(is_bot, false) AS is_bot, landed_ts, kafka_topic, kafka_partition, "
         f"kafka_offset FROM {landed} WHERE hash(customer_id, event_id) IN "
-        f"(SELECT hash(customer_id, event_id) FROM {landed} GROUP BY 1 HAVING count(*) > 1)"
+        "(SELECT key FROM (SELECT key, lag(key) OVER (ORDER BY key) AS previous FROM "
+        f"(SELECT hash(customer_id, event_id) AS key FROM {landed})) WHERE key = previous)"
     )
     columns = (
         f"l.* EXCLUDE (filename, file_row_number), l.kafka_topic = {_literal(overflow_topic)} "
