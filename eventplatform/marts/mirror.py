@@ -81,15 +81,16 @@ def mirror_day(
         client.command(f"DROP TABLE IF EXISTS {stage}")
         client.command(f"CREATE TABLE {stage} AS {target}")
         try:
-            if table.num_rows and clickhouse.embedded and exported is not None:
-                columns = ", ".join(f"`{name}`" for name in table.schema.names)
-                path = str(exported).replace("\\", "\\\\").replace("'", "\\'")
-                client.command(
-                    f"INSERT INTO {stage} ({columns}) SELECT {columns} FROM file('{path}', Parquet)"
-                )
-            elif table.num_rows:
-                client.insert_arrow(stage, table)
             if table.num_rows:
+                if clickhouse.embedded and exported is not None:
+                    columns = ", ".join(f"`{name}`" for name in table.schema.names)
+                    path = str(exported).replace("\\", "\\\\").replace("'", "\\'")
+                    client.command(
+                        f"INSERT INTO {stage} ({columns}) SELECT {columns} "
+                        f"FROM file('{path}', Parquet)"
+                    )
+                else:
+                    client.insert_arrow(stage, table)
                 client.command(
                     f"ALTER TABLE {target} REPLACE PARTITION ID '{partition}' FROM {stage}"
                 )
