@@ -64,7 +64,7 @@ def _visits(rng: np.random.Generator, events: int, customer_p: np.ndarray) -> di
     for a few minutes (``VISIT_EVENTS`` events on average, ``VISIT_GAP_S`` s apart), started
     anywhere in the day; product visits carry a session_id, ad visits (a viewer's impressions,
     clicks, bids) only the viewer's user_id, as the traffic simulator sends them."""
-    lengths = rng.geometric(1 / VISIT_EVENTS, events // VISIT_EVENTS * 2)
+    lengths = rng.geometric(1 / VISIT_EVENTS, max(events // VISIT_EVENTS * 2, 1))
     count = int(np.searchsorted(np.cumsum(lengths), events)) + 1
     lengths = lengths[:count]
     lengths[-1] -= int(lengths.sum()) - events
@@ -109,7 +109,7 @@ _AGENTS = [
 _COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA", "AU", "ES", "IT", "NL", "MX", "PL"]
 
 
-def _enriched(user: np.ndarray, visit: np.ndarray, types: np.ndarray, product: np.ndarray):
+def _enriched(user: np.ndarray, visit: np.ndarray, product: np.ndarray) -> dict:
     """The columns the landing job's enrichment and the SDK add: a user keeps one IP, agent
     and country; a visit one referrer and, for a third of product visits, UTM parameters on
     its URL. One user in 200 is a bot (left out of every mart but usage)."""
@@ -233,7 +233,7 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
             "kafka_partition": pa.array(np.full(n, hour % 12, np.int32)),
             "kafka_offset": pa.array(np.arange(offset, offset + n)),
             "landed_ts": pa.array(event_ts + 2000, pa.timestamp("ms", tz="UTC")),
-            **_enriched(user_index, visit, types, is_product),
+            **_enriched(user_index, visit, is_product),
         }
         table = pa.table(
             {
