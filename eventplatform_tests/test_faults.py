@@ -91,7 +91,10 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
         with open(log_path, "wb") as log_file:
             landers.append(
                 subprocess.Popen(
-                    [*LAND, "--source", source, "--idle-stop", "120", "--quiet"],
+                    # Idle-stop outlasts the waits below (buffer drain 240 s, landing 180 s):
+                    # a producer that takes minutes to recover its id after the restart must
+                    # not outwait the landers. They are stopped with SIGTERM at the end.
+                    [*LAND, "--source", source, "--idle-stop", "600", "--quiet"],
                     cwd=REPO_ROOT,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -152,7 +155,8 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
                     f"{buffered(collector.admin_url)} buffered:\n{collector.output()[-5000:]}"
                 )
                 time.sleep(0.5)
-            print(f"the collector's buffer drained {time.monotonic() - drained:.1f}s after load")
+            drain_s = time.monotonic() - drained
+            print(f"the collector's buffer drained {drain_s:.1f}s after load")
         assert set(statuses) <= {202, 503}, statuses
         timeline = f"{len(statuses)} answers, {statuses.count(503)} x 503"
         assert accepted_while_down, (
@@ -162,10 +166,15 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
 
         # The landing processes rode through the restart and land everything by themselves.
         deadline = time.monotonic() + 180
-        while clickhouse_count(settings, "SELECT count() FROM {db}.events")[0][0] < len(accepted):
+        while (landed := clickhouse_count(settings, "SELECT count() FROM {db}.events")[0][0]) < len(
+            accepted
+        ):
             for lander, log_path in zip(landers, lander_logs.values(), strict=True):
                 if lander.poll() is not None:
-                    raise AssertionError(f"a landing process ended: {log_path.read_text()}")
+                    raise AssertionError(
+                        f"a landing process ended, {landed} of {len(accepted)} landed, the "
+                        f"buffer drained in {drain_s:.0f} s: {log_path.read_text()}"
+                    )
             assert time.monotonic() < deadline, "landing did not catch up in 180 s"
             time.sleep(1)
         for lander in landers:
