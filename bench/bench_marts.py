@@ -154,7 +154,7 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
     ``sessions="visits"``: events come in visits (see :func:`_visits`). ``"uniform"``: every
     event draws its user and session_id on its own (the generator before 2026-12-07: 10M
     events make 7.5M one-event "sessions", the sessions mart nearly as long as the day)."""
-    from eventplatform.events.arrow import landed_schema
+    from eventplatform.events.arrow import landed_schema, with_event_bytes
 
     schema = landed_schema()
     rng = np.random.default_rng(seed)
@@ -242,6 +242,7 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
             },
             schema=schema,
         )
+        table = with_event_bytes(table)  # as the lander sets it
         folder = lake / "events" / f"event_date={DAY}" / f"event_hour={hour:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"events.raw+{hour % 12}+{offset}-{offset + n - 1}.parquet"
@@ -255,7 +256,7 @@ def generate(lake: Path, events: int, seed: int = 7, sessions: str = "visits") -
 def generate_history_day(lake: Path, day: date, events: int, seed: int) -> None:
     """A past day of page views from the same 20 customers and 500,000 users per customer as
     the big day (one file): cheap to write, and its user set is as large as a real day's."""
-    from eventplatform.events.arrow import landed_schema
+    from eventplatform.events.arrow import landed_schema, with_event_bytes
 
     schema = landed_schema()
     rng = np.random.default_rng(seed)
@@ -285,6 +286,7 @@ def generate_history_day(lake: Path, day: date, events: int, seed: int) -> None:
         },
         schema=schema,
     )
+    table = with_event_bytes(table)
     folder = lake / "events" / f"event_date={day}" / "event_hour=00"
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / f"events.raw+0+0-{events - 1}.parquet", compression="zstd")

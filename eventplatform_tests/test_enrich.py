@@ -52,9 +52,10 @@ NOW = datetime.now(UTC)
 
 
 def unenriched(events: list[dict]) -> pa.Table:
-    """A decoded batch as the lander has it before enrichment."""
+    """A decoded batch as the lander has it before enrichment (which also sets
+    ``event_bytes``), and as the lake's files from before enrichment are."""
     table = events_to_arrow(events, "events.raw", 0, list(range(len(events))), 0)
-    return table.drop_columns(ENRICHED)
+    return table.drop_columns([*ENRICHED, "event_bytes"])
 
 
 def page(

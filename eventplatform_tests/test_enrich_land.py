@@ -19,6 +19,7 @@ from eventplatform.events import EventCodec
 from eventplatform.events.arrow import ENRICHED_FIELDS, events_to_arrow
 from eventplatform.kafka.clients import make_producer
 from eventplatform.land.sources import build_lander
+from eventplatform.marts.build import event_bytes_sql
 from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event
 from eventplatform_tests.test_land import clickhouse_count
@@ -31,7 +32,12 @@ AGENTS = (
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
     "\x00junk",
 )
-COMPARED = ["event_id", "ip", *[f.name for f in ENRICHED_FIELDS if f.name != "enrich_version"]]
+COMPARED = [
+    "event_id",
+    "ip",
+    *[f.name for f in ENRICHED_FIELDS if f.name != "enrich_version"],
+    "event_bytes",  # measured after the IP's anonymisation: the row as landed
+]
 
 
 def enriched_event(i: int) -> dict:
@@ -107,6 +113,12 @@ def test_kill_dash_nine_during_enrichment_lands_every_event_once_with_the_same_v
         settings, f"SELECT {columns} FROM {{db}}.events ORDER BY event_id"
     )
     assert [tuple(r) for r in clickhouse] == lake  # the same values in both sinks
+    # each row's size as sent is the marts' definition of it, over the row as landed
+    sizes = duckdb.sql(
+        f"SELECT count(*) FILTER (WHERE event_bytes = ({event_bytes_sql()})), count(*) "
+        f"FROM read_parquet('{settings.lake_dir}/events/**/*.parquet')"
+    ).fetchall()
+    assert sizes == [(EVENTS, EVENTS)]
 
     # ... and the values a fresh enrichment of the sent events gives.
     base = events_to_arrow(sent, settings.kafka.raw_topic, 0, list(range(len(sent))), 0)

@@ -13,12 +13,19 @@ import random
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from eventplatform.enrich import Enricher, Reference
 from eventplatform.events.arrow import events_to_arrow, landed_schema
 from eventplatform.land.lake import OffsetRange, write_events
-from eventplatform.marts.build import MartBuilder, batched_sides, expand
+from eventplatform.marts.build import (
+    MartBuilder,
+    batched_sides,
+    event_bytes_sql,
+    expand,
+    sizes_landed,
+)
 from eventplatform.marts.inputs import LakeScanner
 from eventplatform.settings import Settings
 from eventplatform_tests.helpers import decoded_event
@@ -246,3 +253,87 @@ def test_only_a_plain_side_is_batched() -> None:
         }
     }
     assert len(rest) == 3
+
+
+def _varied_events(count: int, seed: int) -> list[dict]:
+    """Every event kind, text in several scripts (UTF-8 widths 1 to 4), optional fields
+    present and absent."""
+    rng = random.Random(seed)
+    texts = ["plain", "café", "日本語のページ", "emoji 🎉🚀", "", "x" * 300]
+    kinds = ["page_view", "click", "signup", "purchase", "impression", "ad_click", "conversion"]
+    events = []
+    for n in range(count):
+        kind = kinds[n % len(kinds)]
+        url = f"https://shop.example/{rng.choice(texts)}"
+        payload = {"url": url} if kind == "page_view" else {}
+        events.append(
+            decoded_event(
+                kind,
+                rng.choice(["shop", "新しい店"]),
+                MIDNIGHT + timedelta(minutes=n),
+                payload=payload or None,
+                event_id=f"v{n}-{rng.choice(texts)}"[:100],
+                user_id=rng.choice([None, f"u-{rng.choice(texts)}"[:100]]),
+                session_id=rng.choice([None, "s1"]),
+                ip=rng.choice(["81.2.69.160", "2001:db8::1", None]),
+            )
+        )
+    return events
+
+
+def _lake_files(settings: Settings) -> list:
+    return sorted((settings.lake_dir / "events").rglob("*.parquet"))
+
+
+def test_landed_sizes_equal_the_sizes_computed_from_the_fields_sent(mart_env: Settings) -> None:
+    """``event_bytes``, set when a row is landed, is the size the SQL definition gives for
+    the same row, byte for byte: multi-byte text, nulls, every event kind, IPs anonymised."""
+    events = _varied_events(300, seed=3)
+    _land(mart_env, events, [False] * len(events), 0)
+    _, con = _day(mart_env)
+    rows = con.sql(
+        f"SELECT event_id, event_bytes, ({event_bytes_sql()})::BIGINT FROM "
+        f"read_parquet({[str(p) for p in _lake_files(mart_env)]})"
+    ).fetchall()
+    con.close()
+    assert len(rows) == 300
+    assert [(e, computed) for e, _, computed in rows] == [(e, landed) for e, landed, _ in rows]
+    assert len({landed for _, landed, _ in rows}) > 50  # sizes that differ: a real comparison
+
+
+def test_usage_bytes_are_the_same_with_landed_sizes_and_without(mart_env: Settings) -> None:
+    """A day whose files all carry ``event_bytes`` sums the column; a day with a file from
+    before the column (or compacted with one: nulls) computes it from the fields sent. The
+    usage mart's rows are the same either way."""
+    events = _varied_events(200, seed=5)
+    retry = dict(events[0])  # a duplicate: its bytes are not billed twice
+    _land(mart_env, events[:120], [False] * 120, 0)
+    _land(mart_env, [*events[120:], retry], [False] * 81, 1000)
+    files = _lake_files(mart_env)
+    assert len(files) >= 2
+
+    def usage() -> tuple[bool, list[tuple]]:
+        builder = MartBuilder(mart_env)
+        con = builder._connect(spill=False)
+        day = LakeScanner(mart_env.lake_dir).day(DAY)
+        landed = builder._prepare(con, day)
+        assert sizes_landed(con, day.events) is landed
+        sql = expand(builder.by_name["customer_usage_daily"].sql, landed)
+        rows = con.sql(sql, params={"event_date": DAY}).fetchall()
+        con.close()
+        return landed, sorted(rows, key=repr)
+
+    with_sizes, rows = usage()
+    assert with_sizes and sum(r[7] for r in rows) > 20_000
+    # one file as landed before the column existed
+    old = pq.read_table(files[0])
+    pq.write_table(old.drop_columns(["event_bytes"]), files[0])
+    assert usage() == (False, rows)
+    # the same file with the column, but null in some rows (a compaction of old and new)
+    sizes = old.column("event_bytes").to_pylist()
+    partly = pa.array([None if i % 2 else s for i, s in enumerate(sizes)], pa.int64())
+    column = old.schema.get_field_index("event_bytes")
+    pq.write_table(old.set_column(column, "event_bytes", partly), files[0])
+    assert usage() == (False, rows)
+    pq.write_table(old, files[0])
+    assert usage() == (True, rows)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from eventplatform.enrich import bots, campaign, currency, geo, ipanon, referrer, useragent
 from eventplatform.enrich.currency import Rates, RatesStore
 from eventplatform.enrich.customer_settings import SettingsHistory, SettingsStore
-from eventplatform.events.arrow import ENRICHED_FIELDS
+from eventplatform.events.arrow import ENRICHED_FIELDS, EVENT_BYTES_FIELD, with_event_bytes
 from eventplatform.land.crashpoints import crashpoint
 from eventplatform.settings import Settings
 
@@ -77,6 +77,11 @@ class Enricher:
         self.seconds: Counter[str] = Counter()  # CPU s per enrichment over the run (bench)
 
     def enrich(self, table: pa.Table) -> pa.Table:
+        """The rows as landed: the enriched columns appended (replaced, when the table has
+        them already), ``ip`` anonymised, and last ``event_bytes``, the size of the row as
+        sent, measured after the anonymisation (the row the lake and ClickHouse keep)."""
+        derived = {f.name for f in ENRICHED_FIELDS} | {EVENT_BYTES_FIELD.name}
+        table = table.drop_columns([name for name in table.column_names if name in derived])
         n = table.num_rows
         counts: Counter[str] = Counter(rows=n)
         clock = _Clock(self.seconds)
@@ -120,6 +125,7 @@ class Enricher:
             "versions": self.versions(tables),
             "enabled": self.enabled,
         }
+        out = with_event_bytes(out)
         clock("assemble")
         return out.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
 

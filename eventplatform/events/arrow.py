@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from eventplatform.events.schemas import default_registry
 
@@ -71,6 +72,14 @@ ENRICHED_FIELDS = [
 ]
 
 
+# The landed row's size as sent (UTF-8 bytes of the text fields the customer sent, 8 per number
+# or timestamp, 4 per 32-bit integer, 1 per boolean): what a customer is billed for. Computed
+# once when the row is landed, from the landed row, so the usage mart sums one column instead
+# of reading every column of the day again. Null in files landed before it existed.
+EVENT_BYTES_FIELD = pa.field("event_bytes", pa.int64(), nullable=True)
+_FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
+
+
 def _arrow_type(avro_type: Any) -> tuple[pa.DataType, bool]:
     nullable = isinstance(avro_type, list)
     if nullable:
@@ -102,7 +111,36 @@ def envelope_and_payload_fields() -> tuple[list[pa.Field], list[pa.Field]]:
 @functools.cache
 def landed_schema() -> pa.Schema:
     envelope, payload = envelope_and_payload_fields()
-    return pa.schema([*envelope, *payload, *KAFKA_FIELDS, *ENRICHED_FIELDS])
+    return pa.schema([*envelope, *payload, *KAFKA_FIELDS, *ENRICHED_FIELDS, EVENT_BYTES_FIELD])
+
+
+def sent_fields() -> list[pa.Field]:
+    """The landed fields a customer sent: the envelope and payload (not Kafka's, not the
+    enrichment's, not ``event_bytes``)."""
+    envelope, payload = envelope_and_payload_fields()
+    return [*envelope, *payload]
+
+
+def fixed_width(field: pa.Field) -> int:
+    """Bytes counted for a non-text value: 8 per timestamp, else the type's width."""
+    return 8 if pa.types.is_timestamp(field.type) else _FIXED_WIDTH.get(field.type, 8)
+
+
+def with_event_bytes(table: pa.Table) -> pa.Table:
+    """The table with ``event_bytes`` (``EVENT_BYTES_FIELD``) set from its sent fields, last.
+
+    The marts' SQL form of the same definition (``marts.build.event_bytes_sql``) reads files
+    without the column; a test holds the two equal."""
+    total = np.zeros(table.num_rows, np.int64)
+    for field in sent_fields():
+        column = table.column(field.name)
+        if pa.types.is_string(field.type):
+            total += pc.binary_length(column).fill_null(0).to_numpy()
+        else:
+            total += fixed_width(field) * pc.is_valid(column).to_numpy()
+    if EVENT_BYTES_FIELD.name in table.column_names:
+        table = table.drop_columns([EVENT_BYTES_FIELD.name])
+    return table.append_column(EVENT_BYTES_FIELD, pa.array(total, pa.int64()))
 
 
 def events_to_arrow(
@@ -120,7 +158,7 @@ def events_to_arrow(
     """
     body = pa.Table.from_pylist([{**e, **e["payload"]} for e in events], schema=_body_schema())
     table = with_kafka_columns(body, kafka_topic, kafka_partition, kafka_offset, landed_ms)
-    return with_enriched_nulls(table)
+    return with_event_bytes(with_enriched_nulls(table))
 
 
 def with_enriched_nulls(table: pa.Table) -> pa.Table:

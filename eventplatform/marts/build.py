@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eventplatform.events.arrow import ENRICHED_FIELDS, KAFKA_FIELDS, landed_schema
+from eventplatform.events.arrow import fixed_width, landed_schema, sent_fields
 from eventplatform.kafka.dlq import DEAD_LETTER_SCHEMA
 from eventplatform.marts.activity import (
     DAILY_USERS,
@@ -59,24 +59,17 @@ from eventplatform.marts.enriched import EMPTY_EVENTS, bot_filter, events_source
 from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days
 
 MARTS_DIR = "marts"
-_FIXED_WIDTH = {pa.int32(): 4, pa.int64(): 8, pa.float64(): 8, pa.float32(): 4, pa.bool_(): 1}
-
-
-def _sent_fields() -> list[pa.Field]:
-    """The landed fields a customer sent: all but Kafka's and the enrichment's."""
-    added = {f.name for f in KAFKA_FIELDS} | {f.name for f in ENRICHED_FIELDS}
-    return [f for f in landed_schema() if f.name not in added]
 
 
 def event_bytes_sql() -> str:
-    """The landed row's uncompressed size, from the contract (the fields sent)."""
+    """The landed row's size as sent (``event_bytes``), computed from the fields sent: for
+    files landed before the column existed, and as the reference the column is held to."""
     terms = []
-    for f in _sent_fields():
+    for f in sent_fields():
         if pa.types.is_string(f.type):
             terms.append(f'coalesce(strlen("{f.name}"), 0)')
         else:
-            width = 8 if pa.types.is_timestamp(f.type) else _FIXED_WIDTH.get(f.type, 8)
-            terms.append(f'CASE WHEN "{f.name}" IS NULL THEN 0 ELSE {width} END')
+            terms.append(f'CASE WHEN "{f.name}" IS NULL THEN 0 ELSE {fixed_width(f)} END')
     return " + ".join(terms)
 
 
@@ -84,18 +77,35 @@ def event_bytes_sum_sql() -> str:
     """``sum(event_bytes)`` as one aggregate per column (exactly the same total): far cheaper
     than the row expression, for a mart that sums the bytes of many rows."""
     terms = []
-    for f in _sent_fields():
+    for f in sent_fields():
         if pa.types.is_string(f.type):
             terms.append(f'coalesce(sum(strlen("{f.name}")), 0)')
         else:
-            width = 8 if pa.types.is_timestamp(f.type) else _FIXED_WIDTH.get(f.type, 8)
-            terms.append(f'{width} * count("{f.name}")')
+            terms.append(f'{fixed_width(f)} * count("{f.name}")')
     return "(" + " + ".join(terms) + ")::BIGINT"
 
 
-def expand(sql: str) -> str:
-    """A mart's SQL with ``sum_event_bytes()`` written out (DuckDB macros cannot name columns)."""
-    return sql.replace("sum_event_bytes()", event_bytes_sum_sql())
+def expand(sql: str, sizes_landed: bool = False) -> str:
+    """A mart's SQL with ``sum_event_bytes()`` written out (DuckDB macros cannot name columns):
+    the landed ``event_bytes`` summed when every row of the day has it (``sizes_landed``),
+    else the same total from the fields sent."""
+    total = "sum(event_bytes)::BIGINT" if sizes_landed else event_bytes_sum_sql()
+    return sql.replace("sum_event_bytes()", total)
+
+
+def sizes_landed(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> bool:
+    """Whether every row of these files carries its ``event_bytes`` (landed since the column
+    exists; a file compacted from older ones may have it null), from the files' footers."""
+    paths = [str(p) for p in files]
+    if not paths:
+        return False
+    row_groups, complete = con.execute(
+        "SELECT count(DISTINCT (file_name, row_group_id)), count(DISTINCT (file_name, "
+        "row_group_id)) FILTER (WHERE path_in_schema = 'event_bytes' AND stats_null_count = 0) "
+        "FROM parquet_metadata($files)",
+        {"files": paths},
+    ).fetchall()[0]
+    return row_groups > 0 and complete == row_groups
 
 
 # A reconcile line's events side of the plain form "(SELECT <aggregate> FROM <relation>
@@ -153,7 +163,7 @@ def day_events(
     include_bots: bool = False,
     name: str = "events",
     billed: str | None = None,
-) -> None:
+) -> bool:
     """The relations ``<name>_raw`` (``events_raw`` for ``events``: as landed) and ``<name>``
     (one row per customer_id and event_id, the first landed wins), as views over the day's
     Parquet files, so each mart reads only its own columns. Bots are left out of both unless
@@ -168,6 +178,9 @@ def day_events(
     among those rows only, the exact ids decide, and the rows that lose are listed by file and
     row number. ``<name>`` is the landed rows minus that short list (an anti-join). The bots'
     rows are among the candidates, so the list without them is made from the same short table.
+
+    Returns whether every row has its landed ``event_bytes`` (``sizes_landed``); when not, the
+    relations' ``event_bytes`` is computed from the fields sent.
     """
     raw = "events_raw" if name == "events" else f"{name}_raw"
     landed, repeated = f"_landed_{name}", f"_repeated_{name}"
@@ -190,9 +203,11 @@ def day_events(
         "(SELECT key FROM (SELECT key, lag(key) OVER (ORDER BY key) AS previous FROM "
         f"(SELECT hash(customer_id, event_id) AS key FROM {landed})) WHERE key = previous)"
     )
+    landed_sizes = sizes_landed(con, day.events)
+    size = "" if landed_sizes else f", ({event_bytes_sql()})::BIGINT AS event_bytes"
     columns = (
-        f"l.* EXCLUDE (filename, file_row_number), l.kafka_topic = {_literal(overflow_topic)} "
-        f"AS is_overflow, ({event_bytes_sql()})::BIGINT AS event_bytes, "
+        f"l.* EXCLUDE (filename, file_row_number{'' if landed_sizes else ', event_bytes'}), "
+        f"l.kafka_topic = {_literal(overflow_topic)} AS is_overflow{size}, "
         f"DATE '{day.day.isoformat()}' AS event_date"
     )
     wanted = [(name, raw, include_bots)]
@@ -217,6 +232,7 @@ def day_events(
             f"CREATE TEMP VIEW {relation} AS SELECT {columns} FROM {landed} AS l "
             f"ANTI JOIN {dropped} USING (filename, file_row_number)" + bot_filter(bots, "l")
         )
+    return landed_sizes
 
 
 @dataclass(frozen=True)
@@ -280,10 +296,13 @@ class MartBuilder:
         con.execute("SET TimeZone = 'UTC'")
         return con
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> None:
+    def _prepare(self, con: duckdb.DuckDBPyConnection, day: DayInputs) -> bool:
+        """The day's relations; returns whether its rows carry their sizes (``expand``)."""
         overflow = self.settings.kafka.overflow_topic
         # What a customer is billed for is everything it sent, bots too (customer_usage_daily)
-        day_events(con, day, overflow, self.settings.marts.include_bots, billed="billed_events")
+        landed_sizes = day_events(
+            con, day, overflow, self.settings.marts.include_bots, billed="billed_events"
+        )
         if day.dead_letters:
             con.execute(
                 "CREATE TEMP TABLE dead_letters AS SELECT customer_id, reason, stage, "
@@ -303,6 +322,7 @@ class MartBuilder:
             pa.table({"step": list(range(1, len(steps) + 1)), "event_type": steps}),
         )
         con.register("campaigns", self._campaigns())
+        return landed_sizes
 
     def _activity(self, scanner: LakeScanner) -> ActivityState:
         overflow, bots = self.settings.kafka.overflow_topic, self.settings.marts.include_bots
@@ -383,7 +403,7 @@ class MartBuilder:
         con = self._connect()
         try:
             start = time.perf_counter()
-            self._prepare(con, today)
+            landed_sizes = self._prepare(con, today)
             activity = self._prepare_state(con, day, scanner, marts, state)
             self.timings["prepare"] = time.perf_counter() - start
             start = time.perf_counter()
@@ -419,7 +439,7 @@ class MartBuilder:
             cache = self._events_sides(con, marts, day)
             for mart in marts:
                 start = time.perf_counter()
-                sql = expand(mart.sql)
+                sql = expand(mart.sql, landed_sizes)
                 table = con.sql(sql, params=self._params(sql, day)).to_arrow_table()
                 part = MartPartition(
                     mart=mart.name,
