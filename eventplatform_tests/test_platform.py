@@ -104,6 +104,11 @@ def running_platform(platform_env: Settings, monkeypatch, tmp_path: Path):
         platform.start_dagster()
         yield settings
     finally:
+        # Shown by pytest only when the test fails: what each service said, last.
+        for service in platform.services:
+            if service.log_file.exists():
+                tail = service.log_file.read_text(errors="replace")[-4000:]
+                print(f"--- {service.name} ({service.log_file}), last lines:\n{tail}")
         platform.stop()
 
 
