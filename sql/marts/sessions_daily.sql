@@ -38,7 +38,8 @@
 -- its first event can start a visit: when the user's previous slot ended 30 minutes or more
 -- before it. What is put in order is a user's slots (48 a day at most, however many events),
 -- not their events, and each event takes its slot's visit. Events with a session_id are
--- grouped by it as they come: a hash table, no sort.
+-- grouped by it as they come: a hash table, no sort. (arg_min and arg_max skip null values:
+-- "the first event that has one" needs no filter.)
 WITH slots AS (
     SELECT
         customer_id,
@@ -69,22 +70,18 @@ slot_visits AS (  -- each slot's visit: the visits started up to it
         FROM slots
     )
 ),
-keyed AS (
+keyed AS (  -- the day read once: each event's session_id, or its slot's visit
     SELECT
-        customer_id, session_id AS session_key, user_id, event_ts, event_type, url, utm_source,
-        referrer_class, geo_country, device_class
-    FROM events
-    WHERE session_id IS NOT NULL
-    UNION ALL
-    SELECT
-        e.customer_id, e.user_id || '#' || v.visit, e.user_id, e.event_ts, e.event_type, e.url,
-        e.utm_source, e.referrer_class, e.geo_country, e.device_class
+        e.customer_id,
+        coalesce(e.session_id, e.user_id || '#' || v.visit) AS session_key,
+        e.user_id, e.event_ts, e.event_type, e.url, e.utm_source, e.referrer_class,
+        e.geo_country, e.device_class
     FROM events AS e
-    JOIN slot_visits AS v
+    LEFT JOIN slot_visits AS v
         ON v.customer_id = e.customer_id
         AND v.user_id = e.user_id
-        AND v.slot = epoch_ms(e.event_ts) // 1800000
-    WHERE e.session_id IS NULL AND e.user_id IS NOT NULL
+        AND v.slot = CASE WHEN e.session_id IS NULL THEN epoch_ms(e.event_ts) // 1800000 END
+    WHERE e.session_id IS NOT NULL OR e.user_id IS NOT NULL
 )
 SELECT
     $event_date::DATE AS event_date,
@@ -98,17 +95,17 @@ SELECT
     count(*) FILTER (WHERE event_type = 'page_view') AS pages,
     coalesce(
         arg_min(url, event_ts) FILTER (WHERE event_type = 'page_view'),
-        arg_min(url, event_ts) FILTER (WHERE url IS NOT NULL)
+        arg_min(url, event_ts)
     ) AS entry_url,
     coalesce(
         arg_max(url, event_ts) FILTER (WHERE event_type = 'page_view'),
-        arg_max(url, event_ts) FILTER (WHERE url IS NOT NULL)
+        arg_max(url, event_ts)
     ) AS exit_url,
-    arg_min(utm_source, event_ts) FILTER (WHERE utm_source IS NOT NULL) AS utm_source,
-    arg_min(referrer_class, event_ts) FILTER (WHERE referrer_class IS NOT NULL)
+    arg_min(utm_source, event_ts) AS utm_source,
+    arg_min(referrer_class, event_ts)
         AS referrer_class,
-    arg_min(geo_country, event_ts) FILTER (WHERE geo_country IS NOT NULL) AS country,
-    arg_min(device_class, event_ts) FILTER (WHERE device_class IS NOT NULL) AS device_class
+    arg_min(geo_country, event_ts) AS country,
+    arg_min(device_class, event_ts) AS device_class
 FROM keyed
 GROUP BY customer_id, session_key
 ORDER BY customer_id, session_key
