@@ -618,7 +618,7 @@ class MartBuilder:
         """Replace the day's rows of each mart's table in one transaction."""
         with self.warehouse() as con:
             for name, table in tables.items():
-                self._ensure_table(con, self.by_name[name], table.schema)
+                self._ensure_table(con, self.by_name[name], table.schema, day)
             con.execute("BEGIN TRANSACTION")
             try:
                 for name, table in tables.items():
@@ -631,7 +631,7 @@ class MartBuilder:
                 con.execute("ROLLBACK")
                 raise
 
-    def _ensure_table(self, con, mart: Mart, schema: pa.Schema) -> None:
+    def _ensure_table(self, con, mart: Mart, schema: pa.Schema, replaced: date) -> None:
         existing = con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = $t "
             "ORDER BY ordinal_position",
@@ -639,12 +639,17 @@ class MartBuilder:
         ).fetchall()
         if [c for (c,) in existing] == schema.names:
             return
-        # New, or its columns changed: rebuild it from the Parquet exports (the record).
+        # New, or its columns changed: rebuild it from the Parquet exports (the record), but
+        # for the day being replaced (its rows are loaded next).
         con.register("_shape", schema.empty_table())
         con.execute(f'CREATE OR REPLACE TABLE "{mart.name}" AS SELECT * FROM _shape')
         con.unregister("_shape")
         exported = self.lake_dir / MARTS_DIR / mart.name
-        files = sorted(str(p) for p in exported.glob("date=*/part-0.parquet"))
+        files = sorted(
+            str(p)
+            for p in exported.glob("date=*/part-0.parquet")
+            if p.parent.name != f"date={replaced.isoformat()}"
+        )
         for path in files:
             if pq.read_schema(path).names == schema.names:
                 con.execute(
