@@ -8,10 +8,11 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from eventplatform.clickhouse import ClickHouse, split_statements
 from eventplatform.events import EventCodec, EventValidator
-from eventplatform.events.arrow import events_to_arrow, landed_schema
+from eventplatform.events.arrow import events_to_arrow, landed_schema, with_platform_fields
 from eventplatform.events.examples import EXAMPLES, example_event
 from eventplatform.settings import REPO_ROOT
 
@@ -37,6 +38,17 @@ def test_events_flatten_to_one_wide_row_each() -> None:
     assert rows["page_view"]["kafka_partition"] == 3
     assert [r["kafka_offset"] for r in table.to_pylist()] == list(range(100, 108))
     assert table.column("event_ts").type == pa.timestamp("ms", tz="UTC")
+
+
+def test_a_contract_field_named_like_a_platform_column_is_refused() -> None:
+    """A payload field called ``event_bytes`` or ``is_bot`` would share a column's name with
+    the platform's own value: the landed shape refuses to be built."""
+    sent = list(landed_schema())[:5]
+    assert len(set(landed_schema().names)) == len(landed_schema().names)
+    for name in ("event_bytes", "is_bot", "kafka_offset"):
+        with pytest.raises(TypeError, match=name):
+            with_platform_fields([*sent, pa.field(name, pa.string())])
+    assert with_platform_fields(sent).names[:5] == [f.name for f in sent]
 
 
 def test_clickhouse_ddl_has_the_lake_columns_in_order(tmp_path: Path) -> None:

@@ -111,7 +111,19 @@ def envelope_and_payload_fields() -> tuple[list[pa.Field], list[pa.Field]]:
 @functools.cache
 def landed_schema() -> pa.Schema:
     envelope, payload = envelope_and_payload_fields()
-    return pa.schema([*envelope, *payload, *KAFKA_FIELDS, *ENRICHED_FIELDS, EVENT_BYTES_FIELD])
+    return with_platform_fields([*envelope, *payload])
+
+
+def with_platform_fields(sent: list[pa.Field]) -> pa.Schema:
+    """The contract's fields, then the platform's own (Kafka's, enrichment's, ``event_bytes``).
+    A contract field named like one of these is refused: both would be one column's name,
+    and readers by name would see the platform's value or the sender's, whichever came first."""
+    names = [f.name for f in sent]
+    own = [*KAFKA_FIELDS, *ENRICHED_FIELDS, EVENT_BYTES_FIELD]
+    clashes = sorted({f.name for f in own} & set(names))
+    if clashes:
+        raise TypeError(f"contract fields named like the platform's own columns: {clashes}")
+    return pa.schema([*sent, *own])
 
 
 def sent_fields() -> list[pa.Field]:
