@@ -55,6 +55,9 @@ class ClickHouse:
             path = Path(dsn.removeprefix("chdb://"))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._engine = _EngineSlot.of(path)
+            self._spool = path.with_name(path.name + ".inserts")
+            self._spool.mkdir(exist_ok=True)
+            remove_orphaned_inserts(self._spool)
 
     @property
     def opens(self) -> int:
@@ -103,7 +106,7 @@ class ClickHouse:
         """``client.insert_arrow``, in less memory with the embedded engine (the landing
         process's peak): see :func:`_insert_arrow_through_file`."""
         if self.embedded:
-            _insert_arrow_through_file(client, table, data, settings or {})
+            _insert_arrow_through_file(client, table, data, settings or {}, self._spool)
         else:
             client.insert_arrow(table, data, settings=settings)
 
@@ -299,8 +302,32 @@ def configure_engine_allocator(malloc_conf: str) -> None:
         os.environ.setdefault("JE_MALLOC_CONF", malloc_conf)
 
 
+def remove_orphaned_inserts(spool: Path) -> list[Path]:
+    """Delete the insert files of processes that are gone (killed mid-insert: their
+    ``finally`` never ran), so that crashes do not fill the disk a batch at a time. A file
+    names its process; one whose process still runs is in use."""
+    removed = []
+    for path in spool.glob("ep-insert-*.arrows"):
+        match = re.fullmatch(r"ep-insert-(\d+)-.*\.arrows", path.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _insert_arrow_through_file(
-    client: Client, table: str, data: pa.Table, settings: dict[str, str]
+    client: Client, table: str, data: pa.Table, settings: dict[str, str], spool: Path
 ) -> None:
     """``client.insert_arrow`` into the embedded engine, without its serialised copies.
 
@@ -313,8 +340,10 @@ def _insert_arrow_through_file(
     the rows arrived in chunks, so a batch replayed after a crash (maybe by an older version)
     must be cut the same.
     The engine reads the file with ``pread``: mapped, its pages would count in this process.
+    The file is in ``spool`` beside the engine's folder, named by this process, so a process
+    killed mid-insert leaves it where the next one removes it (``remove_orphaned_inserts``).
     """
-    fd, path = tempfile.mkstemp(prefix="ep-insert-", suffix=".arrows")
+    fd, path = tempfile.mkstemp(prefix=f"ep-insert-{os.getpid()}-", suffix=".arrows", dir=spool)
     os.close(fd)
     try:
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, data.schema) as writer:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pyarrow as pa
 
 from eventplatform.clickhouse import ClickHouse, engine_holder
 
@@ -51,3 +54,29 @@ def test_a_leaseholder_waiting_on_something_else_hands_the_engine_over(tmp_path:
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_an_insert_leaves_no_file_and_a_killed_inserts_file_is_removed(tmp_path: Path) -> None:
+    """Inserts go through a file beside the engine's folder. A process killed mid-insert
+    leaves its file (its ``finally`` never runs): the next process to open the engine
+    removes it, and leaves alone the files of processes still running."""
+    clickhouse = ClickHouse(f"chdb://{tmp_path}/ch", "spooled")
+    spool = tmp_path / "ch.inserts"
+    with clickhouse.session() as client:
+        client.command("CREATE DATABASE IF NOT EXISTS spooled")
+        client.command("CREATE TABLE spooled.t (x Int64) ENGINE = MergeTree ORDER BY x")
+        clickhouse.insert_arrow(client, "spooled.t", pa.table({"x": pa.array(range(1000))}))
+        assert client.query("SELECT count(), sum(x) FROM spooled.t").result_rows == [(1000, 499500)]
+    assert list(spool.iterdir()) == []
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = spool / f"ep-insert-{int(gone.stdout)}-abc.arrows"
+    orphan.write_bytes(b"x" * 4096)  # as a killed lander leaves it
+    in_use = spool / f"ep-insert-{os.getpid()}-def.arrows"
+    in_use.write_bytes(b"y")
+    ClickHouse(f"chdb://{tmp_path}/ch", "spooled")
+    assert sorted(spool.iterdir()) == [in_use]
