@@ -185,6 +185,14 @@ class Platform:
         self.started_postgres = not server.status().running
         self.log(f"postgres: {server.start().detail}")
 
+    def _child_env(self, name: str) -> dict[str, str]:
+        env = platform_env(self.settings)
+        if name.startswith("dagster"):
+            env["PYTHONWARNINGS"] = ",".join(
+                filter(None, [env.get("PYTHONWARNINGS", ""), *DAGSTER_NOTICES])
+            )
+        return env
+
     def spawn(self, name: str, args: list[str], cwd: Path = REPO_ROOT) -> Service:
         """Start a child in its own session (so stop() can signal its whole group), its
         output to <data_dir>/logs/<name>.log and what needs the user to the console."""
@@ -193,14 +201,9 @@ class Platform:
         log_file = folder / f"{name}.log"
         with log_file.open("a", encoding="utf-8") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} eventplatform run: {name}\n")
-        env = platform_env(self.settings)
-        if name.startswith("dagster"):
-            env["PYTHONWARNINGS"] = ",".join(
-                filter(None, [env.get("PYTHONWARNINGS", ""), *DAGSTER_NOTICES])
-            )
         process = subprocess.Popen(
             args,
-            env=env,
+            env=self._child_env(name),
             cwd=cwd,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -234,6 +237,28 @@ class Platform:
         home = prepare_dagster_home(self.settings)
         workspace = str(REPO_ROOT / "workspace.yaml")
         bin_dir = Path(sys.executable).parent
+        # The instance's storage is created (or upgraded) once, before the two processes
+        # start: on a new DAGSTER_HOME both created the SQLite schedule storage at once, and
+        # now and then both stamped its schema version; Dagster then refused the instance
+        # ("Version table 'alembic_version' has more than one head present") and no sensor ran.
+        migrate = subprocess.run(
+            [str(bin_dir / "dagster"), "instance", "migrate"],
+            cwd=home,
+            env=self._child_env("dagster"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        log_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        with (log_dir(self.settings) / "dagster.log").open("a", encoding="utf-8") as out:
+            out.write(f"--- dagster instance migrate (exit {migrate.returncode})\n")
+            out.write(migrate.stdout + migrate.stderr)
+        if migrate.returncode != 0:
+            raise RuntimeError(
+                f"`dagster instance migrate` failed (exit {migrate.returncode}): "
+                f"{(migrate.stdout + migrate.stderr)[-2000:]}"
+            )
         daemon = self.spawn(
             "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], cwd=home
         )

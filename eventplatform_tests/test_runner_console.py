@@ -3,8 +3,10 @@ only what needs the user (warnings, errors, a paced demo progress) reaches the c
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from eventplatform.runner import DEMO_PROGRESS_EVERY_S, Platform, console_filter, log_dir
 from eventplatform.settings import Settings
@@ -54,3 +56,29 @@ def test_the_demo_shows_one_progress_line_a_minute_and_everything_else() -> None
         f"[{t:5d}s" for t in range(0, 130, DEMO_PROGRESS_EVERY_S)
     ]
     assert keep("collector unreachable: connection refused") is not None
+
+
+def test_the_dagster_instance_exists_before_its_two_processes_start(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The webserver and the daemon start on a fresh DAGSTER_HOME at once; if each creates the
+    instance's SQLite storage, both may stamp its schema version and Dagster then refuses the
+    instance. The storage is made once, with one version, before either is spawned (the two
+    processes are only recorded here: this is about what exists when they start)."""
+    monkeypatch.setenv("EP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    settings = Settings()
+    platform = Platform(settings, log=lambda line: None)
+    versions_at_spawn: list[list[tuple]] = []
+
+    def record(name: str, args: list[str], cwd: Path = tmp_path) -> SimpleNamespace:
+        db = settings.dagster_home / "schedules" / "schedules.db"
+        with sqlite3.connect(db) as con:
+            versions_at_spawn.append(con.execute("SELECT * FROM alembic_version").fetchall())
+        return SimpleNamespace(log_file=log_dir(settings) / f"{name}.log")
+
+    monkeypatch.setattr(platform, "spawn", record)
+    platform.start_dagster()
+    assert len(versions_at_spawn) == 2
+    assert all(len(v) == 1 and v == versions_at_spawn[0] for v in versions_at_spawn)
+    assert "dagster instance migrate (exit 0)" in (log_dir(settings) / "dagster.log").read_text()
