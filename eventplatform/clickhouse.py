@@ -55,9 +55,6 @@ class ClickHouse:
             path = Path(dsn.removeprefix("chdb://"))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._engine = _EngineSlot.of(path)
-            self._spool = path.with_name(path.name + ".inserts")
-            self._spool.mkdir(exist_ok=True)
-            remove_orphaned_inserts(self._spool)
 
     @property
     def opens(self) -> int:
@@ -106,7 +103,7 @@ class ClickHouse:
         """``client.insert_arrow``, in less memory with the embedded engine (the landing
         process's peak): see :func:`_insert_arrow_through_file`."""
         if self.embedded:
-            _insert_arrow_through_file(client, table, data, settings or {}, self._spool)
+            _insert_arrow_through_file(client, table, data, settings or {}, self._engine.spool)
         else:
             client.insert_arrow(table, data, settings=settings)
 
@@ -154,6 +151,11 @@ class _EngineSlot:
         self.dsn = f"chdb://{path}"
         self.lock_path = path.with_name(path.name + ".lock")
         self.want_path = path.with_name(path.name + ".want")
+        # inserts' files (``_insert_arrow_through_file``); those of processes killed
+        # mid-insert are removed once per process, when it first uses the engine's folder
+        self.spool = path.with_name(path.name + ".inserts")
+        self.spool.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_inserts(self.spool)
         self.thread_lock = threading.Lock()  # one session of the process at a time
         # the open session of this thread: a nested session() reuses it, so a unit of work
         # made of several steps opens the engine once (each open costs 50-150 ms, more as
