@@ -193,14 +193,19 @@ class Platform:
             )
         return env
 
-    def spawn(self, name: str, args: list[str], cwd: Path = REPO_ROOT) -> Service:
-        """Start a child in its own session (so stop() can signal its whole group), its
-        output to <data_dir>/logs/<name>.log and what needs the user to the console."""
+    def _log_file(self, name: str, heading: str, text: str = "") -> Path:
+        """<data_dir>/logs/<name>.log, with a dated heading line (and ``text``) appended."""
         folder = log_dir(self.settings)
         folder.mkdir(parents=True, exist_ok=True)
         log_file = folder / f"{name}.log"
         with log_file.open("a", encoding="utf-8") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} eventplatform run: {name}\n")
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {heading}\n{text}")
+        return log_file
+
+    def spawn(self, name: str, args: list[str], cwd: Path = REPO_ROOT) -> Service:
+        """Start a child in its own session (so stop() can signal its whole group), its
+        output to <data_dir>/logs/<name>.log and what needs the user to the console."""
+        log_file = self._log_file(name, f"eventplatform run: {name}")
         process = subprocess.Popen(
             args,
             env=self._child_env(name),
@@ -250,10 +255,8 @@ class Platform:
             text=True,
             timeout=600,
         )
-        log_dir(self.settings).mkdir(parents=True, exist_ok=True)
-        with (log_dir(self.settings) / "dagster.log").open("a", encoding="utf-8") as out:
-            out.write(f"--- dagster instance migrate (exit {migrate.returncode})\n")
-            out.write(migrate.stdout + migrate.stderr)
+        heading = f"dagster instance migrate (exit {migrate.returncode})"
+        self._log_file("dagster", heading, migrate.stdout + migrate.stderr)
         if migrate.returncode != 0:
             raise RuntimeError(
                 f"`dagster instance migrate` failed (exit {migrate.returncode}): "

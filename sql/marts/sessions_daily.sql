@@ -102,8 +102,7 @@ SELECT
         arg_max(url, event_ts)
     ) AS exit_url,
     arg_min(utm_source, event_ts) AS utm_source,
-    arg_min(referrer_class, event_ts)
-        AS referrer_class,
+    arg_min(referrer_class, event_ts) AS referrer_class,
     arg_min(geo_country, event_ts) AS country,
     arg_min(device_class, event_ts) AS device_class
 FROM keyed
