@@ -166,9 +166,10 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
 
         # The landing processes rode through the restart and land everything by themselves.
         deadline = time.monotonic() + 180
-        while (landed := clickhouse_count(settings, "SELECT count() FROM {db}.events")[0][0]) < len(
-            accepted
-        ):
+        while True:
+            landed = clickhouse_count(settings, "SELECT count() FROM {db}.events")[0][0]
+            if landed >= len(accepted):
+                break
             for lander, log_path in zip(landers, lander_logs.values(), strict=True):
                 if lander.poll() is not None:
                     raise AssertionError(
