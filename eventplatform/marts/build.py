@@ -617,6 +617,10 @@ class MartBuilder:
     def load_warehouse(self, day: date, tables: dict[str, pa.Table]) -> None:
         """Replace the day's rows of each mart's table in one transaction."""
         with self.warehouse() as con:
+            # A table's rows have no order: without keeping the insert's, DuckDB writes the big
+            # days' row groups straight to the file instead of again at the checkpoint (half
+            # the CPU, measured on the sessions mart's 1.2 M rows)
+            con.execute("SET preserve_insertion_order = false")
             for name, table in tables.items():
                 self._ensure_table(con, self.by_name[name], table.schema, day)
             con.execute("BEGIN TRANSACTION")
