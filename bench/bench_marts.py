@@ -1,6 +1,6 @@
 """Build time of one day's marts against DuckDB's bare scan of the same Parquet files.
 
-    .venv/bin/python bench/bench_marts.py [--events 10000000] [--scans 3] [--runs 3]
+    .venv/bin/python bench/bench_marts.py [--events 10000000] [--runs 3]
         [--no-clickhouse] [--history 7,90] [--history-events 1000000] [--sessions visits]
 
 Generates one day of landed events straight into a throwaway lake with pyarrow/numpy (the
@@ -11,10 +11,13 @@ on average, product visits with a session_id, ad visits without, as the simulato
 2026-12-07), then, in the same run:
 
 - the bare scan: DuckDB reads every column of every file (``count(col)`` for each column,
-  so each is decoded), median of ``--scans`` runs;
+  so each is decoded);
 - the build: all marts for the day (dedupe, six marts, reconciliation, Parquet export,
-  warehouse load, and the ClickHouse mirror unless ``--no-clickhouse``), median of
-  ``--runs`` builds of the day;
+  warehouse load, and the ClickHouse mirror unless ``--no-clickhouse``);
+- ``--runs`` times a bare scan, then a build right after it: the ratio is the median of the
+  runs' build CPU / scan CPU. This machine's speed drifts by a third within an hour (other
+  tenants of the host), so a scan and a build measured minutes apart can be compared only
+  in pairs; the medians of the scans and builds are printed too;
 - the same build with N days of history behind it, for each N of ``--history``: past days
   are written straight into the lake (``--history-events`` page views a day from the same
   customers and users, so each day's user set is like the big day's), and built in order
@@ -292,16 +295,27 @@ def generate_history_day(lake: Path, day: date, events: int, seed: int) -> None:
     pq.write_table(table, folder / f"events.raw+0+0-{events - 1}.parquet", compression="zstd")
 
 
-def timed_builds(builder, runs: int) -> tuple[float, float, list]:
-    """Median wall and CPU seconds of ``runs`` builds of the day; the last build's parts."""
-    walls, cpus = [], []
+def timed_builds(builder, runs: int, files: list[str]) -> dict:
+    """``runs`` times a bare scan, then a build of the day right after it: the medians of the
+    scans' and builds' wall and CPU seconds, the median of the runs' CPU ratios, and the last
+    build's parts."""
+    scans, builds, ratios = [], [], []
     for _ in range(runs):
+        scans.append(bare_scan(files))
         start, cpu = time.perf_counter(), time.process_time()
         parts = builder.build_day(DAY)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
+        builds.append((time.perf_counter() - start, time.process_time() - cpu))
         assert all(p.reconciled for p in parts), "a mart did not reconcile"
-    return statistics.median(walls), statistics.median(cpus), parts
+        ratios.append(builds[-1][1] / scans[-1][1])
+    return {
+        "scan": statistics.median(w for w, _ in scans),
+        "scan_cpu": statistics.median(c for _, c in scans),
+        "build": statistics.median(w for w, _ in builds),
+        "build_cpu": statistics.median(c for _, c in builds),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "parts": parts,
+    }
 
 
 def bare_scan(files: list[str]) -> tuple[float, float]:
@@ -320,7 +334,6 @@ def bare_scan(files: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--scans", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-clickhouse", action="store_true")
     parser.add_argument("--history", default="7,90", help="days of history, comma separated")
@@ -347,31 +360,34 @@ def main() -> None:
             f"generated {rows:,} events ({size / 1e6:.0f} MB Parquet, 24 files, sessions "
             f"{args.sessions}) in {generated:.1f}s"
         )
+        # the day's files, listed before any history day or mart export is written
         files = sorted(str(p) for p in settings.lake_dir.rglob("*.parquet"))
-
-        scans = [bare_scan(files) for _ in range(args.scans)]
-        scan = statistics.median(s for s, _ in scans)
-        scan_cpu = statistics.median(c for _, c in scans)
-        print(
-            f"bare scan (all columns): median {scan:.2f}s wall, {scan_cpu:.2f}s CPU "
-            f"(runs: {[round(s, 2) for s, _ in scans]})"
-        )
 
         clickhouse = None
         if not args.no_clickhouse:
             clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
             clickhouse.apply_ddl(settings.paths.sql_dir / "clickhouse")
         builder = MartBuilder(settings, clickhouse=clickhouse)
-        build, build_cpu, parts = timed_builds(builder, args.runs)
-        for part in parts:
+        bare_scan(files)  # warm: the files' pages in the OS cache, as for every later scan
+        runs = timed_builds(builder, args.runs, files)
+        for part in runs["parts"]:
             print(f"  {part.mart}: {part.rows:,} rows, query+reconcile {part.seconds:.2f}s")
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in builder.timings.items())
         print(
-            f"build of the day's {len(parts)} marts (all reconciled), median of {args.runs}: "
-            f"{build:.2f}s wall, {build_cpu:.2f}s CPU (last: {stages})"
+            f"bare scan (all columns), median of {args.runs}: {runs['scan']:.2f}s wall, "
+            f"{runs['scan_cpu']:.2f}s CPU"
         )
-        print(f"events/s through the marts build: {rows / build:,.0f}")
-        print(f"ratio build / bare scan: {build / scan:.1f} wall, {build_cpu / scan_cpu:.1f} CPU")
+        print(
+            f"build of the day's {len(runs['parts'])} marts (all reconciled), median of "
+            f"{args.runs}: {runs['build']:.2f}s wall, {runs['build_cpu']:.2f}s CPU "
+            f"(last: {stages})"
+        )
+        print(f"events/s through the marts build: {rows / runs['build']:,.0f}")
+        print(
+            f"ratio build / bare scan, CPU, each build against the scan just before it: "
+            f"median {runs['ratio']:.1f} (runs: {[round(r, 1) for r in runs['ratios']]}); "
+            f"wall, medians: {runs['build'] / runs['scan']:.1f}"
+        )
         sys.stdout.flush()
 
         with_history: dict[int, float] = {}
@@ -388,21 +404,23 @@ def main() -> None:
                 builder.build_day(day, ["daily_users", "user_activity"])
             prepared = time.perf_counter() - start
             written = days
-            wall, cpu, parts = timed_builds(builder, args.runs)
+            hist = timed_builds(builder, args.runs, files)
             source = builder.activity.source if builder.activity else "?"
             states = [p for p in builder.state_parts if p.mart == "user_activity"]
             users = states[0].rows if states else 0
-            with_history[days] = cpu
+            with_history[days] = hist["ratio"]
             print(
                 f"with {days} days of history ({args.history_events:,} events a day, written "
-                f"and built in {prepared:.0f}s): build median {wall:.2f}s wall, {cpu:.2f}s CPU, "
-                f"ratio {cpu / scan_cpu:.1f} CPU; state {source}, {users:,} users in the window"
+                f"and built in {prepared:.0f}s): build median {hist['build']:.2f}s wall, "
+                f"{hist['build_cpu']:.2f}s CPU, ratio to the scan before it {hist['ratio']:.1f} "
+                f"(runs: {[round(r, 1) for r in hist['ratios']]}); state {source}, {users:,} "
+                "users in the window"
             )
             sys.stdout.flush()
         if len(with_history) > 1:
             low, high = min(with_history), max(with_history)
             print(
-                f"build CPU with {high} vs {low} days of history: "
+                f"build CPU with {high} vs {low} days of history (as ratios to the bare scan): "
                 f"{with_history[high] / with_history[low]:.2f}x"
             )
 
