@@ -124,3 +124,60 @@ def test_a_customers_history_replay_costs_the_others_one_rebuild_from_the_day_se
     assert after["shop"] == (0, before["shop"][1], before["shop"][2])
     assert after["other"] == (0, before["other"][1], before["other"][2])
     assert build(builder, DAYS[3] + timedelta(days=1)) == "chained"
+
+
+@pytest.mark.parametrize("day", [date(2026, 11, 8), date(2026, 11, 11)])  # a Sunday, a Wednesday
+def test_retention_cohorts_match_the_definition_for_every_day_of_the_window(day: date) -> None:
+    """The retention SQL over a hand-made activity state in which users were first seen on
+    each of the window's 63 days, some active again this week, against the definition
+    computed here in Python: the cohort is the week (Monday) of the earliest day seen within
+    the lookback, and a user is retained when active in the week up to the day."""
+    import random
+
+    from eventplatform.marts.build import expand
+    from eventplatform.marts.catalog import load_marts
+
+    weeks = 8
+    mart = next(
+        m
+        for m in load_marts(Path(__file__).parents[1] / "sql" / "marts")
+        if m.name == "product_retention_weekly"
+    )
+    rng = random.Random(7)
+    state = []
+    for k in range(63):  # first seen k days before the day, then on random later days
+        for n in range(3):
+            days = 1 << k
+            for j in range(k):
+                if rng.random() < 0.2:
+                    days |= 1 << j
+            state.append(("shop", f"u{k}-{n}", days))
+    monday = day - timedelta(days=day.weekday())
+    lookback_start = monday - timedelta(days=7 * weeks)
+    expected: dict[date, list[int]] = {}
+    for _, _, days in state:
+        seen = [k for k in range(63) if days >> k & 1 and day - timedelta(days=k) >= lookback_start]
+        if not seen:
+            continue
+        first = day - timedelta(days=max(seen))
+        cohort = first - timedelta(days=first.weekday())
+        counts = expected.setdefault(cohort, [0, 0])
+        counts[0] += 1
+        counts[1] += any(day - timedelta(days=k) >= monday for k in seen)
+    want = sorted(
+        (cohort, (monday - cohort).days // 7, users, retained)
+        for cohort, (users, retained) in expected.items()
+        if retained > 0
+    )
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        "CREATE TABLE user_activity (customer_id VARCHAR, user_id VARCHAR, active_days UBIGINT)"
+    )
+    con.executemany("INSERT INTO user_activity VALUES (?, ?, ?)", state)
+    sql = expand(mart.sql)
+    got = con.execute(sql, {"event_date": day, "retention_weeks": weeks}).fetchall()
+    assert all(r[2] == monday for r in got)
+    assert sorted((r[3], r[4], r[5], r[6]) for r in got) == want
+    assert len(want) == weeks + 1  # every cohort of the lookback has a retained user

@@ -1,7 +1,8 @@
 -- name: product_retention_weekly
 -- description: Weekly retention cohorts per customer, as of each day (UTC). A user's cohort
 --   is the ISO week (Monday) they were first seen within the lookback (EP_MARTS_RETENTION_WEEKS
---   weeks before the activity week, so users first seen earlier fall in the oldest cohort).
+--   weeks before the activity week; a user also seen before it counts from their first day
+--   within it).
 --   The partition of day D holds the activity week containing D, counted up to D: the row of
 --   a week's Sunday is the complete figure (see the README for a query of the final matrix).
 -- owners: team:product-analytics
@@ -33,11 +34,16 @@ seen AS (  -- each user's active days within the lookback (bit k: active on the 
 users AS (  -- one row per user seen in the lookback: their cohort, and whether active now
     SELECT
         customer_id,
-        -- the highest bit set is the earliest day seen (bit_position counts from the top bit)
-        date_trunc(
-            'week',
-            $event_date::DATE - (bit_length(days::BIT) - bit_position('1'::BIT, days::BIT))::INTEGER
-        )::DATE AS cohort_week,
+        -- the highest bit set is the earliest day seen: with every bit under it set too
+        -- ("smeared"), its position is the bit count minus one
+        days | (days >> 1) AS s1,
+        s1 | (s1 >> 2) AS s2,
+        s2 | (s2 >> 4) AS s4,
+        s4 | (s4 >> 8) AS s8,
+        s8 | (s8 >> 16) AS s16,
+        s16 | (s16 >> 32) AS smeared,
+        date_trunc('week', $event_date::DATE - (bit_count(smeared) - 1)::INTEGER)::DATE
+            AS cohort_week,
         days & ((1::UBIGINT << week_days) - 1) <> 0 AS active
     FROM seen
     WHERE days <> 0
