@@ -24,6 +24,7 @@ from eventplatform.marts.build import (
     batched_sides,
     event_bytes_sql,
     expand,
+    landed_shape,
     sizes_landed,
 )
 from eventplatform.marts.inputs import LakeScanner
@@ -337,3 +338,52 @@ def test_usage_bytes_are_the_same_with_landed_sizes_and_without(mart_env: Settin
     assert usage() == (False, rows)
     pq.write_table(old, files[0])
     assert usage() == (True, rows)
+
+
+def test_a_day_reads_the_same_from_its_files_alone_and_beside_the_landed_shape(
+    mart_env: Settings,
+) -> None:
+    """Files with exactly the landed columns are read alone (a row count is then the
+    footers'); a file from before a column existed, or with a column of another type, is
+    read beside an empty table of the landed shape. The day's relations are the same rows
+    either way, with the same duplicates dropped and bots left out."""
+    events = _varied_events(150, seed=11)
+    _land(mart_env, events[:90], [i % 9 == 0 for i in range(90)], 0)
+    _land(mart_env, [*events[90:], dict(events[3]), dict(events[4])], [False] * 62, 1000)
+    files = _lake_files(mart_env)
+    assert landed_shape(files)
+
+    def relations() -> dict[str, list]:
+        """Each relation's rows by column name (a day without landed sizes computes them
+        last, after the platform's columns)."""
+        _, con = _day(mart_env)
+        out: dict[str, list] = {}
+        for name in ("events_raw", "events", "billed_events_raw", "billed_events"):
+            rows = con.sql(f"SELECT * FROM {name}").to_arrow_table().to_pylist()
+            out[name] = sorted((sorted(r.items()) for r in rows), key=repr)
+        out["count"] = con.sql("SELECT count(*) FROM billed_events_raw").fetchall()
+        con.close()
+        return out
+
+    alone = relations()
+    assert len(alone["events_raw"]) > len(alone["events"]) > 100  # duplicates and bots out
+    assert alone["count"] == [(152,)]
+    original = pq.read_table(files[1])
+    # a file from before the newest column: read beside the landed shape (and its sizes
+    # computed from the fields sent, the same figures)
+    pq.write_table(original.drop_columns(["event_bytes"]), files[1])
+    assert not landed_shape(files)
+    assert relations() == alone
+    # the same columns, one of another type (an int32 where the shape has int64)
+    column = original.schema.get_field_index("event_bytes")
+    retyped = original.set_column(
+        column, "event_bytes", original.column("event_bytes").cast(pa.int32())
+    )
+    pq.write_table(retyped, files[1])
+    assert not landed_shape(files)
+    assert relations() == alone
+    # no file has a column (landed before it was in the contract): still there, null
+    for path in files:
+        pq.write_table(pq.read_table(path).drop_columns(["utm_term"]), path)
+    assert not landed_shape(files)
+    assert relations() == alone

@@ -108,6 +108,15 @@ def sizes_landed(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> bool:
     return row_groups > 0 and complete == row_groups
 
 
+def landed_shape(files: Iterable[Path]) -> bool:
+    """Whether every file has the landed columns, no other, in their order and types (from
+    the footers). Then the day is read from its files alone, not beside an empty table of
+    those columns (for files from before a column existed), and a count of its rows is
+    the footers' instead of a read of a column (0.24 s CPU for 10 M rows)."""
+    want = [(f.name, f.type) for f in landed_schema()]
+    return all([(f.name, f.type) for f in pq.read_schema(p)] == want for p in files)
+
+
 # A reconcile line's events side of the plain form "(SELECT <aggregate> FROM <relation>
 # [WHERE <condition>])": such lines over the same relation are computed in one scan.
 _SIMPLE_SIDE = re.compile(
@@ -191,10 +200,11 @@ def day_events(
     )
     if day.events:
         files = "[" + ", ".join(_literal(str(p)) for p in day.events) + "]"
-        source = events_source(
+        scan = (
             f"read_parquet({files}, union_by_name = true, hive_partitioning = false, "
             "filename = true, file_row_number = true)"
         )
+        source = f"(SELECT * FROM {scan})" if landed_shape(day.events) else events_source(scan)
     con.execute(f"CREATE TEMP VIEW {landed} AS SELECT * FROM {source}")
     con.execute(
         f"CREATE TEMP TABLE {repeated} AS SELECT filename, file_row_number, customer_id, "
