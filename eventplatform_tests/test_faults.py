@@ -176,7 +176,9 @@ def test_broker_restart_under_load_loses_nothing_that_got_a_202(
                         f"a landing process ended, {landed} of {len(accepted)} landed, the "
                         f"buffer drained in {drain_s:.0f} s: {log_path.read_text()}"
                     )
-            assert time.monotonic() < deadline, "landing did not catch up in 180 s"
+            assert time.monotonic() < deadline, (
+                f"landing did not catch up in 180 s: {landed} of {len(accepted)} landed"
+            )
             time.sleep(1)
         for lander in landers:
             lander.send_signal(signal.SIGTERM)
