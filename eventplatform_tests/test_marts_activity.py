@@ -3,6 +3,7 @@ a rebuild from scratch, invalidated by late data and replays (no broker needed).
 
 from __future__ import annotations
 
+import random
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -11,8 +12,9 @@ import duckdb
 import pytest
 
 from eventplatform.marts.activity import STATE_DIR
-from eventplatform.marts.build import MartBuilder
-from eventplatform.settings import Settings
+from eventplatform.marts.build import MartBuilder, expand
+from eventplatform.marts.catalog import parse_mart
+from eventplatform.settings import REPO_ROOT, Settings
 from eventplatform_tests.marts_data import at, event, land
 
 X = date(2026, 11, 2)  # a Monday
@@ -132,17 +134,8 @@ def test_retention_cohorts_match_the_definition_for_every_day_of_the_window(day:
     each of the window's 63 days, some active again this week, against the definition
     computed here in Python: the cohort is the week (Monday) of the earliest day seen within
     the lookback, and a user is retained when active in the week up to the day."""
-    import random
-
-    from eventplatform.marts.build import expand
-    from eventplatform.marts.catalog import load_marts
-
     weeks = 8
-    mart = next(
-        m
-        for m in load_marts(Path(__file__).parents[1] / "sql" / "marts")
-        if m.name == "product_retention_weekly"
-    )
+    mart = parse_mart(REPO_ROOT / "sql" / "marts" / "product_retention_weekly.sql")
     rng = random.Random(7)
     state = []
     for k in range(63):  # first seen k days before the day, then on random later days
