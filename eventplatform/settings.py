@@ -347,6 +347,12 @@ class LandSettings(BaseSettings):
     commit_timeout_s: float = Field(
         default=300.0, description="How long a commit waits out a broker that is down."
     )
+    commit_attempt_timeout_s: float = Field(
+        default=30.0,
+        description="How long one try of a commit may go unanswered before the next try goes "
+        "through a new client of the group (a client can lose the group's coordinator for good "
+        "across a broker restart; eventplatform/land/commit.py).",
+    )
     shard_lock_wait_s: float = Field(
         default=30.0,
         description="How long a landing run waits for another lander of its shard to finish "

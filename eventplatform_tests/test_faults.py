@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from eventplatform.events.examples import example_event
 from eventplatform.kafka.broker import BrokerConfig, LocalBroker
 from eventplatform.kafka.clients import make_admin, make_consumer
 from eventplatform.kafka.topics import ensure_topics, platform_topics
-from eventplatform.land.commit import commit_offsets
+from eventplatform.land.commit import OffsetCommitter
 from eventplatform.land.lander import Manifest
 from eventplatform.land.sources import build_lander
 from eventplatform.land.spend import ensure_backfilled
@@ -288,7 +289,7 @@ def test_full_disk_fails_the_run_and_leaves_no_partial_file(produced) -> None:
 
 
 class _LostCoordinator:
-    """A landing consumer whose commits all wait for a coordinator they never find.
+    """A committing client whose commits all wait for a coordinator they never find.
 
     A fake, for a fault the real broker cannot be made to show on demand: after a broker
     restart, a librdkafka consumer was once seen never to find its coordinator again (every
@@ -296,31 +297,124 @@ class _LostCoordinator:
 
     def __init__(self) -> None:
         self.commits = 0
+        self.closed = False
 
     def commit(self, **_: object) -> None:
         self.commits += 1
         raise KafkaException(KafkaError(KafkaError._WAIT_COORD, "Waiting for coordinator"))
 
+    def close(self) -> None:
+        self.closed = True
 
-def test_a_commit_whose_consumer_lost_its_coordinator_goes_through_a_new_one(
+
+class _HungCommit:
+    """A committing client whose synchronous commit does not return until ``answer()``.
+
+    A fake, for the other form of the same fault (librdkafka issue 5511): after a broker
+    restart, a lander's commit was seen to sit for minutes with its request queued for a
+    coordinator that was never looked up again. With ``answer()`` the commit goes through
+    late, on the real broker, as a recovered client's would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.release = threading.Event()
+        self.commits = 0
+        self.closed = threading.Event()
+
+    def commit(self, offsets: list[TopicPartition], **_: object) -> None:
+        self.commits += 1
+        self.release.wait()
+        late = make_consumer(self.settings.kafka.bootstrap, self.settings.land.group_id)
+        late.commit(offsets=offsets, asynchronous=False)
+        late.close()
+
+    def answer(self) -> None:
+        self.release.set()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _clients(settings: Settings, *first: object) -> tuple[list[object], Callable[[], object]]:
+    """The fakes given first, then real consumers of the landing group."""
+    made: list[object] = []
+
+    def new_client() -> object:
+        client = (
+            first[len(made)]
+            if len(made) < len(first)
+            else make_consumer(settings.kafka.bootstrap, settings.land.group_id)
+        )
+        made.append(client)
+        return client
+
+    return made, new_client
+
+
+def test_a_commit_whose_client_lost_its_coordinator_goes_through_a_new_one(
     topics: Settings,
 ) -> None:
     settings = topics
     offsets = [TopicPartition(settings.kafka.raw_topic, p, 10 + p) for p in range(3)]
     stuck, lines = _LostCoordinator(), []
-    commit_offsets(
-        stuck,  # type: ignore[arg-type]
-        offsets,
-        60,
-        lines.append,
-        standalone=lambda: make_consumer(settings.kafka.bootstrap, settings.land.group_id),
-    )
-    assert stuck.commits == 1
+    made, new_client = _clients(settings, stuck)
+    committer = OffsetCommitter(new_client, lines.append)  # type: ignore[arg-type]
+    committer.commit(offsets, 60)
+    assert stuck.commits == 1 and stuck.closed
     assert committed(settings, partitions=3) == 10 + 11 + 12  # on the broker, for the group
     assert lines == [
         'commit waits: KafkaError{code=_WAIT_COORD,val=-180,str="Waiting for coordinator"}',
         "commit tries again through a new consumer of the group",
     ]
-    # Without a way to a new consumer it waits, and fails past its deadline (then replays).
-    with pytest.raises(KafkaException):
-        commit_offsets(stuck, offsets, 0.5, lines.append)  # type: ignore[arg-type]
+    committer.commit([TopicPartition(settings.kafka.raw_topic, 0, 20)], 60)
+    assert len(made) == 2  # the new client stays for the later commits
+    assert committed(settings, partitions=3) == 20 + 11 + 12
+    committer.close()
+    # Without a client that finds its coordinator it waits, and fails past its deadline.
+    _, only_lost = _clients(settings, *[_LostCoordinator() for _ in range(10)])
+    with pytest.raises(KafkaException, match="_WAIT_COORD"):
+        OffsetCommitter(only_lost, lines.append).commit(offsets, 0.5)  # type: ignore[arg-type]
+
+
+def test_a_commit_that_never_answers_is_given_up_on_and_goes_through_a_new_client(
+    topics: Settings,
+) -> None:
+    settings = topics
+    offsets = [TopicPartition(settings.kafka.raw_topic, p, 10 + p) for p in range(3)]
+    hung, lines = _HungCommit(settings), []
+    made, new_client = _clients(settings, hung)
+    committer = OffsetCommitter(new_client, lines.append, attempt_timeout_s=1.0)  # type: ignore[arg-type]
+    try:
+        committer.commit(offsets, 60)  # without the bound this never returns
+        assert hung.commits == 1 and len(made) == 2
+        assert committed(settings, partitions=3) == 10 + 11 + 12
+        assert lines == [
+            'commit waits: KafkaError{code=_TIMED_OUT,val=-185,str="the commit did not answer '
+            'in 1 s"}',
+            "commit tries again through a new consumer of the group",
+        ]
+        later = [TopicPartition(settings.kafka.raw_topic, p, 30 + p) for p in range(3)]
+        committer.commit(later, 60)
+        assert len(made) == 2  # the new client stays
+        assert not hung.closed.is_set()  # never closed while its commit is in flight
+        # The dropped client's commit goes through late, moving the group back...
+        hung.answer()
+        assert hung.closed.wait(30)  # ...and its own thread then closes it
+        assert committed(settings, partitions=3) == 10 + 11 + 12
+        # ...so closing the committer commits the run's last offsets again.
+        committer.close()
+        assert committed(settings, partitions=3) == 30 + 31 + 32
+        assert lines[-1] == "a dropped client's commit went through late: the last offsets again"
+    finally:
+        hung.answer()
+    # A commit whose every client hangs fails past its deadline (the next run replays).
+    stuck = [_HungCommit(settings) for _ in range(3)]
+    _, only_hung = _clients(settings, *stuck)
+    try:
+        with pytest.raises(KafkaException, match="did not answer"):
+            OffsetCommitter(only_hung, lines.append, attempt_timeout_s=0.3).commit(  # type: ignore[arg-type]
+                offsets, 0.5
+            )
+    finally:
+        for client in stuck:
+            client.answer()

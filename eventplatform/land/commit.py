@@ -9,6 +9,7 @@ on what will not heal.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,7 +36,7 @@ _RETRIABLE_COMMIT = {
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 }
 
-# The consumer could not reach the group's coordinator (see ``commit_offsets``)
+# The client could not reach the group's coordinator (see ``OffsetCommitter``)
 _COORDINATOR_LOST = {
     KafkaError._WAIT_COORD,
     KafkaError.NOT_COORDINATOR,
@@ -81,47 +82,127 @@ def send_dead_letters(
         )
 
 
-def commit_offsets(
-    consumer: Consumer,
-    offsets: list[TopicPartition],
-    timeout_s: float,
-    log: Log,
-    standalone: Callable[[], Consumer] | None = None,
-) -> None:
-    """Commit, riding out a coordinator that moves or a broker that restarts.
+class OffsetCommitter:
+    """Commits a landing run's offsets through a client of its own, each try bounded in time.
 
-    The sinks already hold the batch, so waiting is cheaper than failing (which would
-    replay it); past ``timeout_s`` the run fails and the next one replays.
+    The sinks already hold the batch, so waiting out a coordinator that moves or a broker that
+    restarts is cheaper than failing (which would replay it); past the call's ``timeout_s``
+    the run fails and the next one replays.
 
-    After a commit that waited for the group's coordinator, the next tries go through a
-    new consumer of the group (``standalone``; landing consumers are assigned, not members,
-    so anyone of the group may commit for them): a librdkafka consumer that lost its
-    coordinator across a broker restart was seen never to find it again (every commit
-    waiting 60 s for ``_WAIT_COORD``, for as long as the run lasted) while a new client
-    found it at once.
+    Two ways a librdkafka client was seen to lose the group's coordinator for good across a
+    broker restart (librdkafka issue 5511), while a new client found it at once: every commit
+    erred ``_WAIT_COORD`` after 60 s, or a synchronous commit never returned at all. So each
+    try runs in a thread and is given ``attempt_timeout_s``; a client that lost its
+    coordinator or did not answer in time is dropped and a new one of the group
+    (``new_client``) tries next, and stays for the later commits. Landing consumers are
+    assigned, not members, so anyone of the group may commit for them, and the reading
+    consumer never commits: its ``close()`` must not wait on a commit that never returns.
+
+    A client dropped while its commit is in flight is never closed from here (that would wait
+    on the same commit); its thread closes it if the commit ever returns. Such a late commit
+    carries older offsets than the call that dropped it went on to commit, so ``close()``
+    commits the run's last offsets once more if one went through after them.
     """
-    deadline = time.monotonic() + timeout_s
-    committer = consumer
-    while True:
-        try:
-            try:
-                for tp in committer.commit(offsets=offsets, asynchronous=False) or []:
-                    if tp.error is not None:
-                        raise KafkaException(tp.error)
-            finally:
-                if committer is not consumer:
-                    committer.close()
-            return
-        except KafkaException as exc:
-            error = exc.args[0]
+
+    def __init__(
+        self,
+        new_client: Callable[[], Consumer],
+        log: Log,
+        attempt_timeout_s: float = 30.0,
+    ) -> None:
+        self._new_client = new_client
+        self._log = log
+        self.attempt_timeout_s = attempt_timeout_s
+        self._client: Consumer | None = None
+        self._dropped: list[_CommitAttempt] = []  # tries still in flight on dropped clients
+        self._last: list[TopicPartition] = []
+        self._last_at = 0.0
+        self.clients_dropped = 0
+
+    def commit(self, offsets: list[TopicPartition], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._client is None:
+                self._client = self._new_client()
+            attempt = _CommitAttempt(self._client, offsets)
+            wait_s = min(self.attempt_timeout_s, max(0.0, deadline - time.monotonic()))
+            if not attempt.wait(wait_s) and attempt.drop():
+                self._dropped.append(attempt)
+                self._client = None
+                self.clients_dropped += 1
+                error = KafkaError(
+                    KafkaError._TIMED_OUT, f"the commit did not answer in {wait_s:.0f} s"
+                )
+                if time.monotonic() >= deadline:
+                    raise KafkaException(error)
+                self._log(f"commit waits: {error}")
+                self._log("commit tries again through a new consumer of the group")
+                continue
+            if attempt.error is None:
+                self._last, self._last_at = offsets, time.monotonic()
+                return
+            error = attempt.error
             if error.fatal() or not retriable(error) or time.monotonic() > deadline:
-                raise
-            log(f"commit waits: {error}")
-            committer = consumer
-            if standalone is not None and error.code() in _COORDINATOR_LOST:
-                committer = standalone()
-                log("commit tries again through a new consumer of the group")
+                raise KafkaException(error)
+            self._log(f"commit waits: {error}")
+            if error.code() in _COORDINATOR_LOST:
+                self._client.close()
+                self._client = None
+                self._log("commit tries again through a new consumer of the group")
             time.sleep(1.0)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Undo a late commit of older offsets (see the class), then close the client."""
+        if any(a.succeeded_at > self._last_at for a in self._dropped) and self._last:
+            self._log("a dropped client's commit went through late: the last offsets again")
+            try:
+                self.commit(self._last, timeout_s)
+            except KafkaException as exc:
+                self._log(f"commit of the last offsets again failed ({exc}); the next run replays")
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class _CommitAttempt:
+    """One synchronous commit in a thread of its own, which may be given up on."""
+
+    def __init__(self, client: Consumer, offsets: list[TopicPartition]) -> None:
+        self.error: KafkaError | None = None
+        self.succeeded_at = 0.0  # monotonic time of a successful answer
+        self._client = client
+        self._lock = threading.Lock()
+        self._answered = threading.Event()
+        self._dropped = False
+        threading.Thread(
+            target=self._run, args=(offsets,), name="offset-commit", daemon=True
+        ).start()
+
+    def _run(self, offsets: list[TopicPartition]) -> None:
+        try:
+            for tp in self._client.commit(offsets=offsets, asynchronous=False) or []:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            self.succeeded_at = time.monotonic()
+        except KafkaException as exc:
+            self.error = exc.args[0]
+        with self._lock:
+            self._answered.set()
+            dropped = self._dropped
+        if dropped:  # nobody else holds the client now, and its commit has returned
+            self._client.close()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._answered.wait(timeout_s)
+
+    def drop(self) -> bool:
+        """Give up on it (its thread closes the client if it ever answers); False when it
+        answered meanwhile and the client is still ours."""
+        with self._lock:
+            if self._answered.is_set():
+                return False
+            self._dropped = True
+            return True
 
 
 def retriable(error: KafkaError) -> bool:

@@ -69,7 +69,7 @@ from eventplatform.kafka.lag import cached_lag
 from eventplatform.land.batches import RowBuilder
 from eventplatform.land.cadence import collect_batch
 from eventplatform.land.checkpoint import Manifest, offset_ranges
-from eventplatform.land.commit import commit_offsets, raise_unless_transient, send_dead_letters
+from eventplatform.land.commit import OffsetCommitter, raise_unless_transient, send_dead_letters
 from eventplatform.land.crashpoints import CRASH_ENV, crashpoint
 from eventplatform.land.fence import ShardLock
 from eventplatform.land.lake import OffsetRange, WrittenFile, remove_stale_temporaries
@@ -136,6 +136,12 @@ class ShardLander:
         self._opens_at_start = 0  # the engine's open count when the run began
         self.closed_because = ""  # why the batch in hand closed (full, caught_up, max_wait)
         self.log: Callable[[str], None] = lambda line: None
+        # Commits go through a client of their own, never the reading consumer (commit.py).
+        self.committer = OffsetCommitter(
+            lambda: make_consumer(bootstrap, settings.group_id),
+            lambda line: self.log(line),
+            settings.commit_attempt_timeout_s,
+        )
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -180,6 +186,7 @@ class ShardLander:
                 summary.engine_opens = self.clickhouse.opens - self._opens_at_start
                 return summary
         finally:
+            self.committer.close()
             consumer.close()
 
     def _loop(
@@ -365,12 +372,9 @@ class ShardLander:
         crashpoint("after_dead_letters")
 
         ranges = batch.ranges
-        commit_offsets(
-            consumer,
+        self.committer.commit(
             [TopicPartition(self.topic, r.partition, r.last + 1) for r in ranges],
             s.commit_timeout_s,
-            self.log,
-            standalone=lambda: make_consumer(self.bootstrap, s.group_id),
         )
         crashpoint("after_commit")
         self.manifest.clear()
