@@ -507,6 +507,11 @@ class MartSettings(BaseSettings):
     mirror_clickhouse: bool = Field(
         default=True, description="Mirror each built partition to ClickHouse tables."
     )
+    native_sessions: bool = Field(
+        default=True,
+        description="Build sessions_daily with the native grouping (eventplatform/marts/"
+        "native.py: the same rows as its SQL, in a fraction of the CPU); false: by its SQL.",
+    )
     daily_cron: str = Field(
         default="30 0 * * *", description="When yesterday's partition is built (UTC)."
     )

@@ -57,6 +57,7 @@ from eventplatform.marts.activity import (
 from eventplatform.marts.catalog import Mart, load_marts
 from eventplatform.marts.enriched import EMPTY_EVENTS, bot_filter, events_source
 from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days
+from eventplatform.marts.native import native_build
 
 MARTS_DIR = "marts"
 
@@ -450,7 +451,11 @@ class MartBuilder:
             for mart in marts:
                 start = time.perf_counter()
                 sql = expand(mart.sql, landed_sizes)
-                table = con.sql(sql, params=self._params(sql, day)).to_arrow_table()
+                table = None
+                if self.settings.marts.native_sessions and (native := native_build(mart)):
+                    table = native(con, day)  # None: a day it does not take (then the SQL)
+                if table is None:
+                    table = con.sql(sql, params=self._params(sql, day)).to_arrow_table()
                 part = MartPartition(
                     mart=mart.name,
                     day=day,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString};
 
 mod delivery;
 mod intake;
+mod sessions;
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -1027,6 +1029,96 @@ fn _panic_probe() -> String {
     }
 }
 
+/// A borrowed view of a Python buffer (a pyarrow buffer, a numpy array) as `T`s: the caller
+/// keeps the `PyBuffer` alive while the slice is used.
+fn slice_of<'a, T>(buf: &'a PyBuffer<u8>, what: &str, at_least: usize) -> PyResult<&'a [T]> {
+    let (ptr, bytes) = (buf.buf_ptr(), buf.len_bytes());
+    let size = std::mem::size_of::<T>();
+    if !buf.is_c_contiguous() || (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what}: not a contiguous, aligned buffer"
+        )));
+    }
+    if bytes / size < at_least {
+        return Err(PyValueError::new_err(format!(
+            "{what}: {} items, {at_least} needed",
+            bytes / size
+        )));
+    }
+    // SAFETY: contiguous, aligned, long enough, and kept alive by the caller's PyBuffer.
+    Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, bytes / size) })
+}
+
+/// An Arrow string column's buffers: (offsets, data, validity or None, offset).
+type StringBuffers = (PyBuffer<u8>, PyBuffer<u8>, Option<PyBuffer<u8>>, usize);
+
+fn strings<'a>(b: &'a StringBuffers, what: &str, rows: usize) -> PyResult<sessions::Strings<'a>> {
+    let offsets = slice_of::<i32>(&b.0, what, b.3 + rows + 1)?;
+    let data = slice_of::<u8>(&b.1, what, 0)?;
+    let validity = match &b.2 {
+        Some(v) => Some(slice_of::<u8>(v, what, (b.3 + rows + 7) / 8)?),
+        None => None,
+    };
+    let last = offsets[b.3 + rows];
+    if offsets[b.3] < 0 || last < offsets[b.3] || last as usize > data.len() {
+        return Err(PyValueError::new_err(format!(
+            "{what}: offsets out of the data"
+        )));
+    }
+    if offsets[b.3..=b.3 + rows].windows(2).any(|w| w[1] < w[0]) {
+        return Err(PyValueError::new_err(format!(
+            "{what}: offsets not ascending"
+        )));
+    }
+    Ok(sessions::Strings {
+        offsets,
+        data,
+        validity,
+        offset: b.3,
+    })
+}
+
+/// The sessions mart's grouping (`sessions.rs`): `rows` events' customer_id, session_id and
+/// user_id (Arrow string buffers), times (int64 ms) and flags (uint8, `sessions::HAS_URL`...),
+/// to `OUTPUT_WIDTH` int64 figures per session, as one buffer.
+#[pyfunction]
+fn sessions_of_day(
+    py: Python<'_>,
+    rows: usize,
+    customer: StringBuffers,
+    session: StringBuffers,
+    user: StringBuffers,
+    ts: PyBuffer<u8>,
+    flags: PyBuffer<u8>,
+    gap_ms: i64,
+) -> PyResult<(Py<Buffer>, usize)> {
+    let customer = strings(&customer, "customer_id", rows)?;
+    let session = strings(&session, "session_id", rows)?;
+    let user = strings(&user, "user_id", rows)?;
+    let ts = &slice_of::<i64>(&ts, "ts", rows)?[..rows];
+    let flags = &slice_of::<u8>(&flags, "flags", rows)?[..rows];
+    let out = py
+        .allow_threads(|| sessions::sessions(rows, &customer, &session, &user, ts, flags, gap_ms));
+    let count = out.len() / sessions::OUTPUT_WIDTH;
+    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok((buffer(py, bytes)?, count))
+}
+
+/// Times (int64 ms since the epoch) as `YYYY-MM-DD HH:MM:SS.mmm` text, 23 bytes each, one
+/// buffer; None when one is outside years 0000 to 9999.
+#[pyfunction]
+fn format_ms_times(
+    py: Python<'_>,
+    times: PyBuffer<u8>,
+    count: usize,
+) -> PyResult<Option<Py<Buffer>>> {
+    let times = &slice_of::<i64>(&times, "times", count)?[..count];
+    match py.allow_threads(|| sessions::format_ms(times)) {
+        Some(text) => Ok(Some(buffer(py, text)?)),
+        None => Ok(None),
+    }
+}
+
 #[pymodule]
 fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
@@ -1034,5 +1126,8 @@ fn eventplatform_avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<intake::EventEncoder>()?;
     m.add_class::<delivery::DeliveryTally>()?;
     m.add_function(wrap_pyfunction!(_panic_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(sessions_of_day, m)?)?;
+    m.add_function(wrap_pyfunction!(format_ms_times, m)?)?;
+    m.add("SESSION_FIGURES", sessions::OUTPUT_WIDTH)?;
     Ok(())
 }
