@@ -32,6 +32,7 @@ SESSIONS_MART = "sessions_daily"
 # sha256 of sql/marts/sessions_daily.sql as the catalog reads it (``Mart.sql``).
 IMPLEMENTS = "6dcfbbbb012e570af79f96d12c2d0f579395ef64c6d1dda3c6b1493faaacb710"
 _EPOCH = date(1970, 1, 1)
+_ONE_BATCH = 1 << 40
 GAP_MS = 30 * 60 * 1000  # the idle time that starts a user's next visit
 
 # The day read once. The flags' bits are sessions.rs's (HAS_URL ... PAGE_VIEW).
@@ -65,11 +66,12 @@ def sessions_daily(con: duckdb.DuckDBPyConnection, event_date: date) -> pa.Table
     """The mart's rows for the day of ``con``'s ``events`` (``build.day_events``), in the
     SQL's order; None when the day cannot be taken this way (a string column of 2 GiB or
     more, 2^32 rows), and then the SQL builds it."""
-    day = con.sql(_READ).to_arrow_table()
     try:
+        # in one batch: combining eleven chunks of each column cost 1.3 s of page faults
+        day = con.sql(_READ).to_arrow_table(batch_size=_ONE_BATCH)
         columns = {name: _one_array(day[name]) for name in day.column_names}
-    except (pa.ArrowInvalid, pa.ArrowCapacityError):  # int32 offsets do not reach
-        return None
+    except (duckdb.InvalidInputException, pa.ArrowInvalid, pa.ArrowCapacityError):
+        return None  # a string column of 2 GiB or more: int32 offsets do not reach
     if day.num_rows >= 2**32 or columns["ts"].null_count:
         return None
     keys = [_buffers(columns[name]) for name in ("customer_id", "session_id", "user_id")]

@@ -1099,9 +1099,8 @@ fn sessions_of_day(
     let flags = &slice_of::<u8>(&flags, "flags", rows)?[..rows];
     let out = py
         .allow_threads(|| sessions::sessions(rows, &customer, &session, &user, ts, flags, gap_ms));
-    let count = out.len() / sessions::OUTPUT_WIDTH;
-    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok((buffer(py, bytes)?, count))
+    let count = out.len() / (sessions::OUTPUT_WIDTH * 8);
+    Ok((buffer(py, out)?, count))
 }
 
 /// Times (int64 ms since the epoch) as `YYYY-MM-DD HH:MM:SS.mmm` text, 23 bytes each, one

@@ -192,7 +192,8 @@ impl Session {
         self.smaller_user(other.user_row, user);
     }
 
-    fn output(&self, out: &mut Vec<i64>) {
+    /// Its `OUTPUT_WIDTH` figures, little-endian, as the buffer Python reads them.
+    fn output(&self, out: &mut Vec<u8>) {
         let pick = |preferred: Pick, fallback: Pick| {
             if preferred.row >= 0 {
                 preferred.row
@@ -200,7 +201,7 @@ impl Session {
                 fallback.row
             }
         };
-        out.extend_from_slice(&[
+        for figure in [
             self.key_row,
             self.visit,
             self.user_row,
@@ -214,7 +215,9 @@ impl Session {
             self.firsts[1].row,
             self.firsts[2].row,
             self.firsts[3].row,
-        ]);
+        ] {
+            out.extend_from_slice(&figure.to_le_bytes());
+        }
     }
 }
 
@@ -239,7 +242,7 @@ const PARTITION_BITS: u32 = 8;
 
 /// The sessions of `rows` events (each with a session_id or a user_id, and a time in ms),
 /// sorted by (customer_id, session key) as bytes, `OUTPUT_WIDTH` figures each (see
-/// `Session::output`). `gap_ms`: the idle time that starts a new visit.
+/// `Session::output`), as little-endian bytes. `gap_ms`: the idle time that starts a new visit.
 pub fn sessions(
     rows: usize,
     customer: &Strings,
@@ -248,7 +251,7 @@ pub fn sessions(
     ts: &[i64],
     flags: &[u8],
     gap_ms: i64,
-) -> Vec<i64> {
+) -> Vec<u8> {
     // Each event's group: (customer_id, session_id), or (customer_id, user_id) for a user's
     // events without a session_id, whose visits are cut below.
     let key = SipKey::random();
@@ -468,7 +471,7 @@ fn sorted_by_key(
     names: &[&[u8]],
     session: &Strings,
     user: &Strings,
-) -> Vec<i64> {
+) -> Vec<u8> {
     // Customers by the rank of their names, so that most comparisons are of integers.
     let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
     by_name.sort_unstable_by(|&a, &b| names[a as usize].cmp(names[b as usize]));
@@ -525,7 +528,7 @@ fn sorted_by_key(
         }
         i = j;
     }
-    let mut out = Vec::with_capacity(sessions.len() * OUTPUT_WIDTH);
+    let mut out = Vec::with_capacity(sessions.len() * OUTPUT_WIDTH * 8);
     let mut i = 0;
     while i < order.len() {
         let (rank, prefix, first) = order[i];
