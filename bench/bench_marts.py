@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_marts.py [--events 10000000] [--runs 3]
         [--no-clickhouse] [--history 7,90] [--history-events 1000000] [--sessions visits]
+        [--compare-sql-sessions]
 
 Generates one day of landed events straight into a throwaway lake with pyarrow/numpy (the
 landed schema, one file per hour as the landing job writes them, 1 % duplicated event ids,
@@ -344,6 +345,12 @@ def main() -> None:
         default="visits",
         help="how the day's events fall into visits (see generate())",
     )
+    parser.add_argument(
+        "--compare-sql-sessions",
+        action="store_true",
+        help="also build the day with sessions_daily native and by its SQL "
+        "(EP_MARTS_NATIVE_SESSIONS=false), interleaved, and print both build CPU medians",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ep-bench-marts-") as tmp:
@@ -389,6 +396,21 @@ def main() -> None:
             f"wall, medians: {runs['build'] / runs['scan']:.1f}"
         )
         sys.stdout.flush()
+        if args.compare_sql_sessions:  # interleaved, so that both see the same machine
+            cpu: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(args.runs):
+                for native in (True, False):
+                    settings.marts.native_sessions = native
+                    cpu[native].append(timed_builds(builder, 1, files)["build_cpu"])
+            settings.marts.native_sessions = True
+            native_cpu, sql_cpu = (statistics.median(cpu[n]) for n in (True, False))
+            print(
+                f"sessions_daily native against its SQL, {args.runs} interleaved builds each: "
+                f"build CPU medians {native_cpu:.2f}s against {sql_cpu:.2f}s "
+                f"({native_cpu / sql_cpu:.2f}x; native {[round(c, 1) for c in cpu[True]]}, "
+                f"SQL {[round(c, 1) for c in cpu[False]]})"
+            )
+            sys.stdout.flush()
 
         with_history: dict[int, float] = {}
         written = 0

@@ -512,6 +512,13 @@ class MartSettings(BaseSettings):
         description="Build sessions_daily with the native grouping (eventplatform/marts/"
         "native.py: the same rows as its SQL, in a fraction of the CPU); false: by its SQL.",
     )
+    native_sessions_max_rows: int = Field(
+        default=20_000_000,
+        ge=0,
+        description="A day with more landed rows builds sessions_daily by its SQL: the native "
+        "grouping holds the day's columns in memory (about 200 bytes a row at 10 M rows), "
+        "while DuckDB spills past duckdb_memory_limit.",
+    )
     daily_cron: str = Field(
         default="30 0 * * *", description="When yesterday's partition is built (UTC)."
     )

@@ -183,13 +183,17 @@ def test_the_builder_writes_the_same_sessions_with_or_without_the_native_build(
     ]
     events += events[:40]  # resent: the dedupe happens before the sessions
     _land(mart_env, events, [False] * len(events), 0)
-    tables = {}
-    for native in (True, False):
+    tables, natively = {}, {}
+    for native, max_rows in ((True, 10_000), (False, 10_000), (True, len(events) - 1)):
         monkeypatch.setenv("EP_MARTS_NATIVE_SESSIONS", str(native).lower())
-        settings = Settings()
-        builder = MartBuilder(settings, [MART])
+        monkeypatch.setenv("EP_MARTS_NATIVE_SESSIONS_MAX_ROWS", str(max_rows))
+        builder = MartBuilder(Settings(), [MART])
         parts = builder.build_day(DAY)
         assert [p.reconciled for p in parts] == [True]
-        tables[native] = pq.read_table(builder.parquet_path("sessions_daily", DAY))
-    assert tables[True].num_rows > 100
-    assert tables[True].equals(tables[False])
+        natively[native, max_rows] = builder.built_natively[MART.name]
+        tables[native, max_rows] = pq.read_table(builder.parquet_path(MART.name, DAY))
+    # on; off; on, but the day has more landed rows than the native build may hold
+    assert list(natively.values()) == [True, False, False]
+    assert tables[True, 10_000].num_rows > 100
+    assert tables[True, 10_000].equals(tables[False, 10_000])
+    assert tables[True, 10_000].equals(tables[True, len(events) - 1])

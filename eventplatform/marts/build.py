@@ -295,6 +295,7 @@ class MartBuilder:
         self.timings: dict[str, float] = {}  # seconds per stage of the last build_day
         self.state_parts: list[MartPartition] = []  # the state assets the last build wrote
         self.activity: ActivityState | None = None  # how the last build made its state
+        self.built_natively: dict[str, bool] = {}  # per mart of the last build
 
     # -- the day's relations -------------------------------------------------------------
 
@@ -398,6 +399,15 @@ class MartBuilder:
             )
         return activity
 
+    def _native_fits(self, day: DayInputs) -> bool:
+        """Whether a native build may take the day: on, and the day small enough to hold in
+        memory (its landed rows, from the files' footers)."""
+        m = self.settings.marts
+        if not m.native_sessions:
+            return False
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in day.events)
+        return rows <= m.native_sessions_max_rows
+
     def compute_day(
         self, day: date, names: Iterable[str] | None = None, write_state: bool = False
     ) -> dict[str, tuple[pa.Table, MartPartition]]:
@@ -448,12 +458,15 @@ class MartBuilder:
                 )
             self.timings["state"] = time.perf_counter() - start
             cache = self._events_sides(con, marts, day)
+            native_fits = self._native_fits(today)
+            self.built_natively = {}
             for mart in marts:
                 start = time.perf_counter()
                 sql = expand(mart.sql, landed_sizes)
                 table = None
-                if self.settings.marts.native_sessions and (native := native_build(mart)):
+                if native_fits and (native := native_build(mart)):
                     table = native(con, day)  # None: a day it does not take (then the SQL)
+                self.built_natively[mart.name] = table is not None
                 if table is None:
                     table = con.sql(sql, params=self._params(sql, day)).to_arrow_table()
                 part = MartPartition(
