@@ -1,6 +1,9 @@
 //! Avro single-object messages (`C3 01`, 8-byte CRC-64-AVRO fingerprint, Avro binary body)
 //! decoded straight into Arrow column buffers, without a Python object per message.
 //!
+//! Beside it: the collector's JSON to Avro fast path (`intake.rs`), its delivery tally
+//! (`delivery.rs`), and the sessions mart's grouping (`sessions.rs`, `sessions_of_day`).
+//!
 //! The decoder is generic over the schema: it is given the writer schemas by fingerprint (as
 //! parsed JSON) and a column plan (names and types). Each writer schema is compiled once into
 //! a tree of decode operations whose leaves write into the column of the same name; record
