@@ -152,7 +152,8 @@ class OffsetCommitter:
             time.sleep(1.0)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Undo a late commit of older offsets (see the class), then close the client."""
+        """At the end of a run: undo a late commit of older offsets (see the class), then
+        close the client."""
         if any(a.succeeded_at > self._last_at for a in self._dropped) and self._last:
             self._log("a dropped client's commit went through late: the last offsets again")
             try:
@@ -162,6 +163,8 @@ class OffsetCommitter:
         if self._client is not None:
             self._client.close()
             self._client = None
+        # a run's last offsets are not the next run's: another lander may land the shard
+        self._dropped, self._last, self._last_at = [], [], 0.0
 
 
 class _CommitAttempt:

@@ -405,7 +405,7 @@ class MartBuilder:
         m = self.settings.marts
         if not m.native_sessions:
             return False
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in day.events)
+        rows = sum(pq.read_metadata(p).num_rows for p in day.events)
         return rows <= m.native_sessions_max_rows
 
     def compute_day(
