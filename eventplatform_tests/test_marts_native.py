@@ -14,9 +14,11 @@ import random
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from eventplatform_avro import format_ms_times
 
 from eventplatform.marts.build import MartBuilder
 from eventplatform.marts.catalog import parse_mart
@@ -197,3 +199,24 @@ def test_the_builder_writes_the_same_sessions_with_or_without_the_native_build(
     assert tables[True, 10_000].num_rows > 100
     assert tables[True, 10_000].equals(tables[False, 10_000])
     assert tables[True, 10_000].equals(tables[True, len(events) - 1])
+
+
+def test_times_are_written_as_strftime_writes_them_on_any_day() -> None:
+    rng = random.Random(5)
+    first, last = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999000, UTC)
+    bounds = (int(first.timestamp() * 1000), int(last.timestamp() * 1000))
+    edges = [0, -1, 86_399_999, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, *bounds]
+    times = edges + [rng.randrange(*bounds) for _ in range(20_000)]  # leap days 2000, 2100
+    text = format_ms_times(memoryview(np.array(times, dtype=np.int64)).cast("B"), len(times))
+    assert text is not None
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    written = con.execute(  # what the SQL writes: strftime of a TIMESTAMPTZ
+        "SELECT strftime(epoch_ms(t)::TIMESTAMPTZ, '%Y-%m-%d %H:%M:%S.%g') FROM unnest($t) AS u(t)",
+        {"t": times},
+    ).fetchall()
+    expected = "".join(w for (w,) in written)
+    assert bytes(text).decode() == expected
+    # outside years 0000-9999 the SQL's DuckDB writes them
+    past = bounds[1] + 86_400_000  # 10000-01-01
+    assert format_ms_times(memoryview(np.array([past], dtype=np.int64)).cast("B"), 1) is None

@@ -562,24 +562,15 @@ pub fn format_ms(times: &[i64]) -> Option<Vec<u8>> {
         let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
         let (min, rest) = (rest / 60_000, rest % 60_000);
         let (s, ms) = (rest / 1000, rest % 1000);
-        let digits = |out: &mut Vec<u8>, v: i64, width: u32| {
+        let fields = [(y, 4, b'-'), (m, 2, b'-'), (d, 2, b' '), (h, 2, b':'), (min, 2, b':')];
+        for (value, width, separator) in fields.into_iter().chain([(s, 2, b'.'), (ms, 3, 0)]) {
             for k in (0..width).rev() {
-                out.push(b'0' + ((v / 10i64.pow(k)) % 10) as u8);
+                out.push(b'0' + ((value / 10i64.pow(k)) % 10) as u8);
             }
-        };
-        digits(&mut out, y, 4);
-        out.push(b'-');
-        digits(&mut out, m, 2);
-        out.push(b'-');
-        digits(&mut out, d, 2);
-        out.push(b' ');
-        digits(&mut out, h, 2);
-        out.push(b':');
-        digits(&mut out, min, 2);
-        out.push(b':');
-        digits(&mut out, s, 2);
-        out.push(b'.');
-        digits(&mut out, ms, 3);
+            if separator != 0 {
+                out.push(separator);
+            }
+        }
     }
     Some(out)
 }
