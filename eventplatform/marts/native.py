@@ -31,6 +31,24 @@ from eventplatform.marts.catalog import Mart
 SESSIONS_MART = "sessions_daily"
 # sha256 of sql/marts/sessions_daily.sql as the catalog reads it (``Mart.sql``).
 IMPLEMENTS = "6dcfbbbb012e570af79f96d12c2d0f579395ef64c6d1dda3c6b1493faaacb710"
+# What sessions_of_day returns per session, in order (sessions.rs, Session::output): rows
+# are the day's row numbers, -1 for none; visit 0 is a session keyed by its session_id.
+FIGURES = (
+    "key_row",
+    "visit",
+    "user_row",
+    "min_ts",
+    "max_ts",
+    "events",
+    "pages",
+    "entry_url_row",
+    "exit_url_row",
+    "utm_source_row",
+    "referrer_class_row",
+    "country_row",
+    "device_class_row",
+)
+assert len(FIGURES) == SESSION_FIGURES, "native.py and sessions.rs disagree on the figures"
 _EPOCH = date(1970, 1, 1)
 _ONE_BATCH = 1 << 40
 GAP_MS = 30 * 60 * 1000  # the idle time that starts a user's next visit
@@ -82,40 +100,44 @@ def sessions_daily(con: duckdb.DuckDBPyConnection, event_date: date) -> pa.Table
         memoryview(columns["flags"].to_numpy(zero_copy_only=False).copy()).cast("B"),
         GAP_MS,
     )
-    figures = np.frombuffer(buffer, dtype=np.int64).reshape(count, SESSION_FIGURES)
-    started, ended = figures[:, 3].copy(), figures[:, 4].copy()
+    table = np.frombuffer(buffer, dtype=np.int64).reshape(count, SESSION_FIGURES)
+    figures = {name: table[:, i] for i, name in enumerate(FIGURES)}
+    started, ended = figures["min_ts"].copy(), figures["max_ts"].copy()
     started_ts, ended_ts = _times(started), _times(ended)
     if started_ts is None or ended_ts is None:
         return None
 
-    def take(name: str, figure: int) -> pa.Array:
-        rows = figures[:, figure]
-        return pc.take(columns[name], pa.array(rows, mask=rows < 0))
+    def take(column: str, figure: str) -> pa.Array:
+        """The column's value at each session's row (-1: none, null)."""
+        rows = figures[figure]
+        return pc.take(columns[column], pa.array(rows, mask=rows < 0))
 
-    visits = figures[:, 1]
+    visits = figures["visit"]
     visit_keys = pc.binary_join_element_wise(
-        take("user_id", 0), pa.array(visits).cast(pa.string()), "#"
+        take("user_id", "key_row"), pa.array(visits).cast(pa.string()), "#"
     )
     return pa.table(
         {
             "event_date": pa.array(np.full(count, (event_date - _EPOCH).days, np.int32)).cast(
                 pa.date32()
             ),
-            "customer_id": take("customer_id", 0),
-            "session_key": pc.if_else(pa.array(visits > 0), visit_keys, take("session_id", 0)),
-            "user_id": take("user_id", 2),
+            "customer_id": take("customer_id", "key_row"),
+            "session_key": pc.if_else(
+                pa.array(visits > 0), visit_keys, take("session_id", "key_row")
+            ),
+            "user_id": take("user_id", "user_row"),
             "started_ts": started_ts,
             "ended_ts": ended_ts,
             # round(epoch(ended) - epoch(started), 3) of whole milliseconds is exactly this
             "length_s": pa.array((ended - started) / 1000.0),
-            "events": pa.array(figures[:, 5]),
-            "pages": pa.array(figures[:, 6]),
-            "entry_url": take("url", 7),
-            "exit_url": take("url", 8),
-            "utm_source": take("utm_source", 9),
-            "referrer_class": take("referrer_class", 10),
-            "country": take("geo_country", 11),
-            "device_class": take("device_class", 12),
+            "events": pa.array(figures["events"]),
+            "pages": pa.array(figures["pages"]),
+            "entry_url": take("url", "entry_url_row"),
+            "exit_url": take("url", "exit_url_row"),
+            "utm_source": take("utm_source", "utm_source_row"),
+            "referrer_class": take("referrer_class", "referrer_class_row"),
+            "country": take("geo_country", "country_row"),
+            "device_class": take("device_class", "device_class_row"),
         }
     )
 
