@@ -117,7 +117,6 @@ class OffsetCommitter:
         self._dropped: list[_CommitAttempt] = []  # tries still in flight on dropped clients
         self._last: list[TopicPartition] = []
         self._last_at = 0.0
-        self.clients_dropped = 0
 
     def commit(self, offsets: list[TopicPartition], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -129,7 +128,6 @@ class OffsetCommitter:
             if not attempt.wait(wait_s) and attempt.drop():
                 self._dropped.append(attempt)
                 self._client = None
-                self.clients_dropped += 1
                 error = KafkaError(
                     KafkaError._TIMED_OUT, f"the commit did not answer in {wait_s:.0f} s"
                 )
