@@ -57,7 +57,7 @@ from eventplatform.marts.activity import (
 from eventplatform.marts.catalog import Mart, load_marts
 from eventplatform.marts.enriched import EMPTY_EVENTS, bot_filter, events_source
 from eventplatform.marts.inputs import DayInputs, LakeScanner, history_days
-from eventplatform.marts.native import native_build
+from eventplatform.marts.native import NativeBuild, native_build
 
 MARTS_DIR = "marts"
 
@@ -399,14 +399,16 @@ class MartBuilder:
             )
         return activity
 
-    def _native_fits(self, day: DayInputs) -> bool:
-        """Whether a native build may take the day: on, and the day small enough to hold in
-        memory (its landed rows, from the files' footers)."""
+    def _native_builds(self, marts: list[Mart], day: DayInputs) -> dict[str, NativeBuild]:
+        """The marts a native build may take on this day: on, one written for the mart's SQL,
+        and the day small enough to hold in memory (its landed rows, from the files' footers,
+        read only when some mart has a native build)."""
         m = self.settings.marts
-        if not m.native_sessions:
-            return False
+        builds = {mart.name: build for mart in marts if (build := native_build(mart))}
+        if not builds or not m.native_sessions:
+            return {}
         rows = sum(pq.read_metadata(p).num_rows for p in day.events)
-        return rows <= m.native_sessions_max_rows
+        return builds if rows <= m.native_sessions_max_rows else {}
 
     def compute_day(
         self, day: date, names: Iterable[str] | None = None, write_state: bool = False
@@ -458,13 +460,13 @@ class MartBuilder:
                 )
             self.timings["state"] = time.perf_counter() - start
             cache = self._events_sides(con, marts, day)
-            native_fits = self._native_fits(today)
+            natives = self._native_builds(marts, today)
             self.built_natively = {}
             for mart in marts:
                 start = time.perf_counter()
                 sql = expand(mart.sql, landed_sizes)
                 table = None
-                if native_fits and (native := native_build(mart)):
+                if native := natives.get(mart.name):
                     table = native(con, day)  # None: a day it does not take (then the SQL)
                 self.built_natively[mart.name] = table is not None
                 if table is None:

@@ -29,6 +29,8 @@ from eventplatform_avro import SESSION_FIGURES, format_ms_times, sessions_of_day
 from eventplatform.marts.catalog import Mart
 
 SESSIONS_MART = "sessions_daily"
+# A mart's rows for a day from the connection's relations; None: a day it does not take.
+NativeBuild = Callable[[duckdb.DuckDBPyConnection, date], pa.Table | None]
 # sha256 of sql/marts/sessions_daily.sql as the catalog reads it (``Mart.sql``).
 IMPLEMENTS = "6dcfbbbb012e570af79f96d12c2d0f579395ef64c6d1dda3c6b1493faaacb710"
 # What sessions_of_day returns per session, in order (sessions.rs, Session::output): rows
@@ -76,7 +78,7 @@ def sql_hash(sql: str) -> str:
     return hashlib.sha256(sql.encode()).hexdigest()
 
 
-def native_build(mart: Mart) -> Callable[[duckdb.DuckDBPyConnection, date], pa.Table | None] | None:
+def native_build(mart: Mart) -> NativeBuild | None:
     """The native build of this mart as it is defined now, if there is one."""
     if mart.name == SESSIONS_MART and sql_hash(mart.sql) == IMPLEMENTS:
         return sessions_daily
