@@ -96,6 +96,7 @@ struct Session {
     key_row: i64,
     visit: i64, // 0: keyed by session_id
     user_row: i64,
+    user_hash: u64, // the user_row's user, hashed (0: none yet or a visit)
     min_ts: i64,
     max_ts: i64,
     events: i64,
@@ -114,6 +115,7 @@ impl Session {
             key_row,
             visit,
             user_row: -1,
+            user_hash: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             events: 0,
@@ -294,7 +296,6 @@ pub fn sessions(
     drop(customers);
 
     let mut sessions: Vec<Session> = Vec::new();
-    let mut user_hashes: Vec<u64> = Vec::new(); // per session: its smallest user's hash
     let mut groups: HashMap<(u64, u64), u32, BuildHasherDefault<Precomputed>> = HashMap::default();
     let mut user_events: Vec<(u32, i64, u32, u32)> = Vec::new(); // (user group, time, row, customer)
     for part in parts.iter_mut() {
@@ -308,15 +309,15 @@ pub fn sessions(
                 let s = *groups.entry(e.group).or_insert(next) as usize;
                 if s == sessions.len() {
                     sessions.push(Session::new(e.customer, r as i64, 0));
-                    user_hashes.push(0);
                 }
-                sessions[s].add_figures(r, e.ts, e.flags);
+                let current = &mut sessions[s];
+                current.add_figures(r, e.ts, e.flags);
                 // min(user_id): the strings are compared only when the user is another
-                if e.user != 0 && e.user != user_hashes[s] {
-                    let before = sessions[s].user_row;
-                    sessions[s].smaller_user(r as i64, user);
-                    if sessions[s].user_row != before {
-                        user_hashes[s] = e.user;
+                if e.user != 0 && e.user != current.user_hash {
+                    let before = current.user_row;
+                    current.smaller_user(r as i64, user);
+                    if current.user_row != before {
+                        current.user_hash = e.user;
                     }
                 }
             } else {
@@ -328,7 +329,8 @@ pub fn sessions(
             }
         }
         *part = Vec::new(); // its memory back before the next
-                            // A user's events by time, cut into visits.
+
+        // A user's events by time, cut into visits.
         user_events.sort_unstable();
         let mut i = 0;
         while i < user_events.len() {
@@ -343,7 +345,6 @@ pub fn sessions(
                     let mut s = Session::new(customer_number, key_row, visit);
                     s.user_row = key_row; // every event of a visit has the same user_id
                     sessions.push(s);
-                    user_hashes.push(0);
                 }
                 last_ts = t;
                 let s = sessions.len() - 1;
@@ -370,8 +371,8 @@ impl SipKey {
         SipKey(word(1), word(2))
     }
 
-    /// SipHash-1-3 with its 128-bit output, of `first` (8 bytes, little-endian) then `rest`.
-    fn hash128(&self, first: u64, rest: &[u8]) -> (u64, u64) {
+    /// SipHash-1-3 with its 128-bit output, of `first` (8 bytes, little-endian) then `message`.
+    fn hash128(&self, first: u64, message: &[u8]) -> (u64, u64) {
         let mut v = [
             self.0 ^ 0x736f_6d65_7073_6575,
             self.1 ^ 0x646f_7261_6e64_6f6d ^ 0xee,
@@ -381,7 +382,6 @@ impl SipKey {
         v[3] ^= first;
         sip_round(&mut v);
         v[0] ^= first;
-        let message = rest;
         let mut words = message.chunks_exact(8);
         for word in &mut words {
             let m = u64::from_le_bytes([
